@@ -1,0 +1,41 @@
+# hotpath: `make dev` runs the whole stack on embedded defaults; `make test` runs the whole suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: dev test lint bench install install-test clean
+
+$(BIN)/python:
+	$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "hotpath needs Python >= 3.11, found " + sys.version.split()[0]'
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+
+# The stamps make a second `make` skip the install; they are redone when pyproject.toml changes.
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(VENV)/.runtime $@
+
+install: $(VENV)/.runtime
+install-test: $(VENV)/.test
+
+dev: install
+	$(BIN)/hotpath dev
+
+test: install-test
+	$(BIN)/pytest -p no:cacheprovider
+
+lint: install-test
+	$(BIN)/ruff check .
+
+bench: install-test
+	$(BIN)/python bench/cache_bench.py
+	$(BIN)/python bench/taskkit_bench.py
+
+clean:
+	rm -rf $(VENV) .hotpath

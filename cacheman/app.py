@@ -1,0 +1,112 @@
+"""The cacheman FastAPI application: health, metrics, and the cache routes (cacheman/routes.py).
+
+`create_app(settings)` is the only constructor; dependencies (Redis, origin) are opened in the
+lifespan and kept on `app.state`, so tests can build an app against their own services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cacheman.errors import DependencyUnavailable
+from cacheman.observability import REGISTRY, RequestContextMiddleware, request_id_var
+from cacheman.origin.base import open_origin
+
+log = logging.getLogger("cacheman")
+
+
+def make_redis(url: str, timeout_s: float) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        health_check_interval=15,
+        max_connections=256,
+    )
+
+
+async def _check(name: str, coro, timeout_s: float) -> dict[str, Any]:
+    try:
+        await asyncio.wait_for(coro, timeout_s)
+        return {"status": "ok"}
+    except TimeoutError:
+        return {"status": "down", "error": f"{name} did not answer within {timeout_s}s"}
+    except Exception as exc:
+        return {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def create_app(settings, *, origin=None, redis_client=None) -> FastAPI:
+    """Build the API. `origin` / `redis_client` may be passed in (tests); otherwise opened from settings."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.settings = settings
+        app.state.redis = redis_client or make_redis(settings.redis_url, settings.redis_timeout_s)
+        app.state.origin = origin or open_origin(settings.origin_url, timeout_s=settings.origin_timeout_s)
+        startup = getattr(app.state, "on_startup", [])
+        for fn in startup:
+            await fn(app)
+        try:
+            yield
+        finally:
+            for fn in reversed(getattr(app.state, "on_shutdown", [])):
+                with contextlib.suppress(Exception):
+                    await fn(app)
+            if origin is None:
+                await app.state.origin.aclose()
+            if redis_client is None:
+                await app.state.redis.aclose()
+
+    app = FastAPI(
+        title="hotpath cacheman",
+        version="0.1.0",
+        description="Read-through cache for room, member and unread lookups of the chat platform.",
+        lifespan=lifespan,
+    )
+    app.state.on_startup = []
+    app.state.on_shutdown = []
+    app.add_middleware(RequestContextMiddleware)
+
+    @app.exception_handler(DependencyUnavailable)
+    async def _dep_down(request: Request, exc: DependencyUnavailable):
+        return JSONResponse(
+            status_code=503,
+            content={"error": "dependency_unavailable", "dependency": exc.dependency, "detail": exc.detail,
+                     "request_id": request_id_var.get()},
+        )
+
+    @app.get("/livez", tags=["health"], summary="The process is up.")
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Each dependency answers within HOTPATH_READYZ_TIMEOUT_S.",
+             responses={503: {"description": "a dependency is down"}})
+    async def readyz(request: Request):
+        st = request.app.state
+        t = settings.readyz_timeout_s
+        redis_res, origin_res = await asyncio.gather(
+            _check("redis", st.redis.ping(), t), _check("origin", st.origin.ping(), t)
+        )
+        deps = {"redis": redis_res, "origin": origin_res}
+        ok = all(d["status"] == "ok" for d in deps.values())
+        return JSONResponse({"status": "ready" if ok else "not_ready", "dependencies": deps}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format).")
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    try:
+        from cacheman.routes import install as install_routes
+    except ImportError:
+        install_routes = None
+    if install_routes is not None:
+        install_routes(app, settings)
+    return app

@@ -1,0 +1,94 @@
+"""Request ids, per-route Prometheus metrics and one JSON log line per request, as one pure ASGI middleware.
+
+Pure ASGI (not BaseHTTPMiddleware): it adds no extra task or body copy on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextvars import ContextVar
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+log = logging.getLogger("cacheman.access")
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+HTTP_REQUESTS = Counter(
+    "hotpath_http_requests_total", "HTTP requests by route and status class", ["route", "method", "status"], registry=REGISTRY
+)
+HTTP_ERRORS = Counter(
+    "hotpath_http_errors_total", "HTTP responses with status >= 500 by route", ["route", "method"], registry=REGISTRY
+)
+HTTP_LATENCY = Histogram(
+    "hotpath_http_request_seconds",
+    "HTTP request latency by route",
+    ["route", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+
+_MAX_RID = 128
+
+
+def _route_template(scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path or "unmatched"
+
+
+class RequestContextMiddleware:
+    """Takes X-Request-ID from the caller (or makes one), echoes it, times and counts the request."""
+
+    def __init__(self, app, quiet_paths: tuple[str, ...] = ("/livez", "/metrics")) -> None:
+        self.app = app
+        self.quiet = quiet_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        for k, v in scope["headers"]:
+            if k == b"x-request-id":
+                rid = v.decode("latin-1")[:_MAX_RID]
+                break
+        if not rid:
+            rid = uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        rid_header = (b"x-request-id", rid.encode("latin-1"))
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = _route_template(scope)
+            method = scope["method"]
+            HTTP_REQUESTS.labels(route, method, str(status)).inc()
+            HTTP_LATENCY.labels(route, method).observe(elapsed)
+            if status >= 500:
+                HTTP_ERRORS.labels(route, method).inc()
+            if scope["path"] not in self.quiet and log.isEnabledFor(logging.INFO):
+                log.info(
+                    "request",
+                    extra={
+                        "request_id": rid,
+                        "method": method,
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status,
+                        "ms": round(elapsed * 1000, 3),
+                    },
+                )
+            request_id_var.reset(token)

@@ -1,0 +1,164 @@
+"""The `hotpath` command: run the API, the workers, the whole dev stack, and the operators' verbs.
+
+Each subcommand loads its own settings class (see hotpath/settings.py); an invalid setting ends the
+command with a one-line message naming the variable, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+
+import typer
+
+from hotpath.settings import SettingsError
+
+app = typer.Typer(
+    name="hotpath",
+    help="hotpath: the cache API and the index/thumbnail workers of the chat platform. "
+    "Configuration comes from HOTPATH_* environment variables (and .env); see the README table.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"hotpath: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(cls):
+    from hotpath.settings import load
+
+    try:
+        return load(cls)
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def api(
+    host: str = typer.Option(None, help="Bind address (default: HOTPATH_HOST)."),
+    port: int = typer.Option(None, help="Port (default: HOTPATH_PORT)."),
+) -> None:
+    """Run the cacheman HTTP API (uvicorn)."""
+    from hotpath.logs import setup_logging
+    from hotpath.settings import ApiSettings
+
+    settings = _settings(ApiSettings)
+    if host:
+        settings.host = host
+    if port:
+        settings.port = port
+    setup_logging("api", settings.log_level)
+    from cacheman.server import serve
+
+    try:
+        serve(settings)
+    except OSError as exc:
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} (set HOTPATH_PORT)")
+
+
+class WorkerKind(str, Enum):
+    index = "index"
+    thumb = "thumb"
+
+
+@app.command()
+def worker(kind: WorkerKind = typer.Argument(..., help="Which worker: index (Milvus) or thumb (thumbnails).")) -> None:
+    """Run an ARQ worker (same as `arq index_worker.worker.WorkerSettings`)."""
+    from hotpath.logs import setup_logging
+    from hotpath.settings import IndexWorkerSettings, ThumbWorkerSettings
+
+    cls = IndexWorkerSettings if kind is WorkerKind.index else ThumbWorkerSettings
+    settings = _settings(cls)
+    setup_logging(f"worker-{kind.value}", settings.log_level)
+    if kind is WorkerKind.index:
+        from index_worker.worker import run
+    else:
+        from thumb_worker.worker import run
+    run(settings)
+
+
+@app.command()
+def dev(
+    port: int = typer.Option(None, help="API port (default: HOTPATH_PORT or 8000)."),
+) -> None:
+    """Run the whole stack on embedded defaults: Valkey, moto S3, Milvus Lite, a SQLite demo origin,
+    the API and both workers, as one supervised group. Ctrl-C stops everything."""
+    from hotpath.settings import DevSettings
+
+    settings = _settings(DevSettings)
+    if port:
+        settings.port = port
+    from hotpath.dev import DevError, run_dev
+
+    try:
+        sys.exit(run_dev(settings))
+    except DevError as exc:
+        _fail(str(exc), 1)
+
+
+origin_app = typer.Typer(help="The origin database (SQL origins only).", no_args_is_help=True)
+app.add_typer(origin_app, name="origin")
+
+
+@origin_app.command("init")
+def origin_init(
+    demo: bool = typer.Option(False, help="Also fill the schema with demo data (2 tenants, 20 rooms, 200 users)."),
+) -> None:
+    """Create the origin schema (DDL in cacheman/origin/schema.sql) at HOTPATH_ORIGIN_URL."""
+    import asyncio
+
+    from hotpath.settings import ApiSettings
+
+    settings = _settings(ApiSettings)
+    from cacheman.origin.sql import init_schema
+
+    try:
+        created = asyncio.run(init_schema(settings.origin_url, demo=demo))
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(created)
+
+
+@app.command()
+def token(
+    sub: str = typer.Option("dev-cli", help="Calling service name (`sub` claim)."),
+    tenants: str = typer.Option("*", help="Comma-separated tenants, or * for all."),
+    scope: str = typer.Option("cache:read cache:write index:write ops", help="Space-separated scopes."),
+    ttl: int = typer.Option(86400, help="Lifetime in seconds."),
+    kid: str = typer.Option(None, help="Key id from HOTPATH_JWT_KEYS (default: the first)."),
+) -> None:
+    """Print a bearer token signed with a key from HOTPATH_JWT_KEYS (for development and ops)."""
+    from hotpath.settings import ApiSettings
+
+    settings = _settings(ApiSettings)
+    from cacheman.auth import mint_token
+
+    kid = kid or next(iter(settings.jwt_keys))
+    if kid not in settings.jwt_keys:
+        _fail(f"no key with kid {kid!r} in HOTPATH_JWT_KEYS")
+    tl = ["*"] if tenants.strip() == "*" else [t.strip() for t in tenants.split(",") if t.strip()]
+    typer.echo(mint_token(settings.jwt_keys[kid], kid=kid, sub=sub, tenants=tl, scope=scope, ttl_s=ttl))
+
+
+def _mount_ops() -> None:
+    """The operators' verbs (queue, retry, dlq) live in taskkit's CLI; mount them when present."""
+    try:
+        from taskkit.cli import register
+    except ImportError:
+        return
+    register(app)
+
+
+_mount_ops()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Every setting of every hotpath process, read once at the edge (pydantic-settings, env `HOTPATH_*`, `.env`).
+
+One class per process. Shared groups are mixins so a variable means the same thing in every process.
+`describe_settings()` feeds the README table and the compose check, so the three never drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator  # noqa: F401
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as _ParseError
+
+ENV_PREFIX = "HOTPATH_"
+DEV_JWT_KID = "dev"
+DEV_JWT_SECRET = "hotpath-dev-only-secret-change-me-0123456789"
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+
+class CommonSettings(_Base):
+    """Settings every process shares."""
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis/Valkey URL for the cache, the queues and the rate limits. `hotpath dev` starts an embedded Valkey when unset.",
+    )
+    redis_timeout_s: float = Field(2.0, gt=0, description="Connect and command timeout for every Redis call, seconds.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (JSON lines on stderr).")
+    data_dir: str = Field(".hotpath", description="Where `hotpath dev` keeps its data (SQLite origin, Milvus Lite, logs).")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://", "valkey://")):
+            raise ValueError("expected a redis://host:port/db URL (or rediss:// or unix://)")
+        return v
+
+
+class StorageSettings(_Base):
+    """Object storage (MinIO / any S3) settings."""
+
+    s3_endpoint: str = Field(
+        "http://127.0.0.1:9000",
+        description="S3/MinIO endpoint URL. `hotpath dev` starts moto's S3 server when unset.",
+    )
+    s3_access_key: str = Field("minioadmin", description="S3 access key.")
+    s3_secret_key: str = Field("minioadmin", description="S3 secret key.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    uploads_bucket: str = Field("uploads", description="Bucket where uploaded images land.")
+    thumbnails_bucket: str = Field("thumbnails", description="Bucket the thumbnails are written to.")
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _http_scheme(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+class MilvusSettings(_Base):
+    milvus_uri: str = Field(
+        "http://127.0.0.1:19530",
+        description="Milvus gRPC endpoint. `hotpath dev` starts `milvus-lite server` when unset.",
+    )
+    milvus_timeout_s: float = Field(10.0, gt=0, description="Timeout of every Milvus call, seconds.")
+
+
+class ApiSettings(CommonSettings):
+    """`hotpath api`: the cacheman HTTP API."""
+
+    host: str = Field("127.0.0.1", description="Address the API binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
+    origin_url: str = Field(
+        "sqlite+aiosqlite:///.hotpath/origin.db",
+        description="Origin of truth: `http(s)://dbman1,http://dbman2` (dbman HTTP contract), `postgresql+asyncpg://…` or `sqlite+aiosqlite:///…`.",
+    )
+    origin_timeout_s: float = Field(2.0, gt=0, description="Connect/read timeout of each origin call, seconds.")
+    readyz_timeout_s: float = Field(1.0, gt=0, description="Timeout of each dependency check in /readyz, seconds.")
+    jwt_keys: dict[str, str] = Field(
+        default_factory=lambda: {DEV_JWT_KID: DEV_JWT_SECRET},
+        description='HS256 keys by `kid`, JSON: `{"k1": "secret"}`. Several keys let a new one roll out before the old is retired. The default is a development key.',
+    )
+    jwt_public_keys: dict[str, str] = Field(
+        default_factory=dict, description="Optional RS256 public keys (PEM) by `kid`, JSON."
+    )
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
+
+    @field_validator("origin_url")
+    @classmethod
+    def _origin_scheme(cls, v: str) -> str:
+        schemes = ("http://", "https://", "postgresql+asyncpg://", "sqlite+aiosqlite://")
+        for part in v.split(","):
+            if not part.strip().startswith(schemes):
+                raise ValueError(f"expected a URL starting with one of {', '.join(schemes)}; got {part.strip()!r}")
+        return v
+
+
+class IndexWorkerSettings(CommonSettings, MilvusSettings):
+    """`hotpath worker index`: embeds messages and indexes them in Milvus."""
+
+    index_concurrency: int = Field(16, ge=1, le=1000, description="Concurrent index jobs per worker process.")
+    embedder: Literal["minilm", "hashing"] = Field(
+        "minilm", description="`minilm` (offline all-MiniLM-L6-v2, 384-d) or `hashing` (fast, for tests)."
+    )
+
+
+class ThumbWorkerSettings(CommonSettings, StorageSettings):
+    """`hotpath worker thumb`: makes thumbnails of uploaded images."""
+
+    thumb_concurrency: int = Field(4, ge=1, le=1000, description="Concurrent thumbnail jobs per worker process.")
+    thumb_sizes: list[int] = Field(default_factory=lambda: [64, 256, 1024], description="Thumbnail sizes (longest edge, px), JSON list.")
+
+
+class OpsSettings(CommonSettings):
+    """`hotpath queue|retry|dlq`: the operators' CLI."""
+
+    ops_user: str = Field("", description="Who the audit log records for requeue/drop/purge (default: the OS user).")
+
+
+class DevSettings(CommonSettings, StorageSettings, MilvusSettings):
+    """`hotpath dev`: which parts to start embedded. A part whose URL variable is set is used as is."""
+
+    port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
+    origin_url: str = Field("", description="See `hotpath api`; unset → a SQLite demo origin under the data dir.")
+
+
+ALL_SETTINGS: dict[str, type[BaseSettings]] = {
+    "hotpath api": ApiSettings,
+    "hotpath worker index": IndexWorkerSettings,
+    "hotpath worker thumb": ThumbWorkerSettings,
+    "hotpath queue|retry|dlq": OpsSettings,
+    "hotpath dev": DevSettings,
+}
+
+
+def describe_settings() -> list[dict[str, Any]]:
+    """One row per environment variable: name, default, meaning and the processes that read it."""
+    rows: dict[str, dict[str, Any]] = {}
+    for proc, cls in ALL_SETTINGS.items():
+        for name, field in cls.model_fields.items():
+            env = ENV_PREFIX + name.upper()
+            if env not in rows:
+                default = field.get_default(call_default_factory=True)
+                if isinstance(default, dict | list):
+                    default = json.dumps(default)
+                rows[env] = {"name": env, "default": default, "meaning": field.description or "", "processes": []}
+            rows[env]["processes"].append(proc)
+    return sorted(rows.values(), key=lambda r: r["name"])
+
+
+class SettingsError(Exception):
+    """A setting has an invalid value; the message names the variable and what it expects."""
+
+
+def load(cls: type[BaseSettings], **overrides: Any) -> Any:
+    """Build a settings object, turning a pydantic ValidationError into one readable message."""
+    try:
+        return cls(**overrides)
+    except _ParseError as exc:
+        # pydantic-settings failed to decode a complex (JSON) value before validation.
+        m = re.search(r'field "(\w+)"', str(exc))
+        var = ENV_PREFIX + (m.group(1).upper() if m else "?")
+        raise SettingsError(f"invalid setting {var}: expected a JSON value (object or list), e.g. {var}='{{\"k1\": \"secret\"}}'") from None
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) if err["loc"] else "?"
+            var = ENV_PREFIX + str(err["loc"][0]).upper() if err["loc"] else "?"
+            msg = err["msg"].removeprefix("Value error, ")
+            bad = err.get("input")
+            shown = f" (got {bad!r})" if isinstance(bad, str | int | float) else ""
+            where = f" (at {field})" if "." in field else ""
+            lines.append(f"invalid setting {var}{shown}{where}: {msg}")
+        raise SettingsError("; ".join(lines)) from None
