@@ -144,7 +144,7 @@ async def test_statement_timeout_becomes_origin_unavailable(pg_url, pg_schema):
     origin = SqlOrigin(url, timeout_s=0.3)
     try:
         start = time.monotonic()
-        with pytest.raises(OriginUnavailable, match="HOTPATH_ORIGIN_TIMEOUT_S|statement timeout|canceling"):
+        with pytest.raises(OriginUnavailable, match=r"HOTPATH_ORIGIN_TIMEOUT_S|statement timeout|canceling"):
             await origin._run("sleep", text("SELECT pg_sleep(5)"), {})
         assert time.monotonic() - start < 1.5
         # The pool recovers: the next call works.
