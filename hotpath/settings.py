@@ -91,7 +91,38 @@ class ApiSettings(CommonSettings):
     jwt_public_keys: dict[str, str] = Field(
         default_factory=dict, description="Optional RS256 public keys (PEM) by `kid`, JSON."
     )
+    redis_prefix: str = Field("hp", min_length=1, max_length=64, description="Prefix of every Redis key the API writes (cache, leases, rate limits).")
+    rate_limit_per_s: float = Field(5000.0, ge=0, description="Per-tenant request rate (token bucket refill, requests/s); 0 turns the limit off.")
+    rate_limit_burst: int = Field(10000, ge=1, description="Per-tenant burst (token bucket size, requests).")
+    rate_limit_tenants: dict[str, tuple[float, int]] = Field(
+        default_factory=dict, description='Per-tenant overrides of rate and burst, JSON: `{"acme": [100, 200]}`.'
+    )
+    origin_max_concurrency: int = Field(64, ge=1, le=10000, description="Most origin calls in flight at once per API process (HTTP origin) / SQL pool size.")
+    origin_retries: int = Field(2, ge=0, le=10, description="Retries of an idempotent origin read after a transient failure (HTTP origin), with exponential backoff and jitter.")
+    origin_breaker_failures: int = Field(5, ge=1, description="Failures within HOTPATH_ORIGIN_BREAKER_WINDOW_S that open an origin instance's circuit breaker.")
+    origin_breaker_window_s: float = Field(10.0, gt=0, description="Sliding window for counting origin failures, seconds.")
+    origin_breaker_open_s: float = Field(5.0, gt=0, description="How long an open breaker rejects calls before one half-open probe, seconds.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
+    # cache (cacheman/cache.py, leases.py, events.py, stream.py, nearcache.py)
+    redis_prefix: str = Field("hp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Prefix of every cache key (`hp:{tenant}:{room:R}:members`).")
+    cache_ttl_s: float = Field(300.0, gt=0, description="Freshness of a cached entry, seconds (before jitter).")
+    cache_ttl_jitter: float = Field(0.1, ge=0, lt=1, description="TTL jitter: each fill's TTL is drawn from ttl × [1 − j, 1 + j] so keys filled together do not expire together.")
+    cache_negative_ttl_s: float = Field(5.0, gt=0, description="Freshness of a cached 'not found', seconds.")
+    cache_stale_ttl_s: float = Field(3600.0, ge=0, description="How long an expired entry is kept for stale-if-error (served with `X-Cache: stale` only while the origin is down).")
+    cache_lease_ttl_ms: int = Field(3000, ge=10, description="Lifetime of a fill lease, ms; a fill slower than this is not written.")
+    cache_lease_wait_s: float = Field(2.0, ge=0, description="How long a request waits for another process's fill (polling with backoff) before asking the origin itself.")
+    cache_bypass_concurrency: int = Field(32, ge=1, description="Concurrent origin calls allowed while Redis is down (`X-Cache: bypass`); more wait, then 503.")
+    cache_bypass_wait_s: float = Field(1.0, ge=0, description="How long a bypass request waits for a slot before answering 503.")
+    cache_redis_retry_s: float = Field(1.0, gt=0, description="After a Redis failure, requests bypass Redis for this long before it is tried again.")
+    near_cache_enabled: bool = Field(False, description="In-process near cache for membership checks, invalidated by a Redis pub/sub broadcast.")
+    near_cache_ttl_s: float = Field(1.0, gt=0, description="Near-cache staleness bound: an entry is dropped after this long even if no broadcast arrives.")
+    near_cache_max_entries: int = Field(100_000, ge=1, description="Near-cache size (rooms); the oldest are evicted first.")
+    events_stream_enabled: bool = Field(False, description="Consume change events from a Redis Stream (consumer group) in the API process.")
+    events_stream: str = Field("hp:events", description="Redis Stream of change events (fields `tenant`, `event` = JSON).")
+    events_stream_group: str = Field("cacheman", description="Consumer group of the events stream.")
+    events_stream_consumer: str = Field("", description="Consumer name in the group (default: hostname-pid).")
+    events_stream_claim_idle_ms: int = Field(30_000, ge=100, description="Entries pending this long on another consumer are claimed (XAUTOCLAIM).")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger → 413.")
 
     @field_validator("origin_url")
     @classmethod
