@@ -91,7 +91,6 @@ class ApiSettings(CommonSettings):
     jwt_public_keys: dict[str, str] = Field(
         default_factory=dict, description="Optional RS256 public keys (PEM) by `kid`, JSON."
     )
-    redis_prefix: str = Field("hp", min_length=1, max_length=64, description="Prefix of every Redis key the API writes (cache, leases, rate limits).")
     rate_limit_per_s: float = Field(5000.0, ge=0, description="Per-tenant request rate (token bucket refill, requests/s); 0 turns the limit off.")
     rate_limit_burst: int = Field(10000, ge=1, description="Per-tenant burst (token bucket size, requests).")
     rate_limit_tenants: dict[str, tuple[float, int]] = Field(
