@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: dev test lint bench install install-test clean
+.PHONY: dev test lint bench install install-test clean readme-settings
 
 $(BIN)/python:
 	$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "hotpath needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -39,3 +39,6 @@ bench: install-test
 
 clean:
 	rm -rf $(VENV) .hotpath
+
+readme-settings: install
+	$(BIN)/hotpath settings --update-readme README.md

@@ -7,7 +7,7 @@ command with a one-line message naming the variable, never a traceback.
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 
 import typer
 
@@ -60,7 +60,7 @@ def api(
         _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} (set HOTPATH_PORT)")
 
 
-class WorkerKind(str, Enum):
+class WorkerKind(StrEnum):
     index = "index"
     thumb = "thumb"
 
@@ -142,6 +142,45 @@ def token(
         _fail(f"no key with kid {kid!r} in HOTPATH_JWT_KEYS")
     tl = ["*"] if tenants.strip() == "*" else [t.strip() for t in tenants.split(",") if t.strip()]
     typer.echo(mint_token(settings.jwt_keys[kid], kid=kid, sub=sub, tenants=tl, scope=scope, ttl_s=ttl))
+
+
+@app.command("settings")
+def settings_cmd(
+    markdown: bool = typer.Option(False, "--markdown", help="Print the README's Markdown table."),
+    readme: str = typer.Option(None, "--update-readme", help="Rewrite the table between the settings-table markers of this file."),
+) -> None:
+    """List every HOTPATH_* setting: name, default, meaning and the processes that read it."""
+    from hotpath.settings import describe_settings
+
+    rows = describe_settings()
+    if markdown or readme:
+        lines = ["| Variable | Default | Meaning | Read by |", "|---|---|---|---|"]
+        for r in rows:
+            default = "" if r["default"] in (None, "") else f"`{r['default']}`"
+            meaning = r["meaning"].replace("|", "\\|")
+            lines.append(f"| `{r['name']}` | {default} | {meaning} | {', '.join(r['processes'])} |")
+        table = "\n".join(lines)
+        if not readme:
+            typer.echo(table)
+            return
+        import re
+        from pathlib import Path
+
+        path = Path(readme)
+        text, n = re.subn(r"(<!-- settings-table:start -->\n).*?(<!-- settings-table:end -->)",
+                          lambda m: m.group(1) + table + "\n" + m.group(2), path.read_text(), flags=re.S)
+        if n != 1:
+            _fail(f"{readme} has no <!-- settings-table:start/end --> markers")
+        path.write_text(text)
+        typer.echo(f"updated {len(rows)} settings in {readme}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("Variable", "Default", "Meaning")
+    for r in rows:
+        table.add_row(r["name"], str(r["default"]), r["meaning"])
+    Console().print(table)
 
 
 def _mount_ops() -> None:

@@ -163,11 +163,11 @@ class DevSettings(CommonSettings, StorageSettings, MilvusSettings):
 
 
 ALL_SETTINGS: dict[str, type[BaseSettings]] = {
-    "hotpath api": ApiSettings,
-    "hotpath worker index": IndexWorkerSettings,
-    "hotpath worker thumb": ThumbWorkerSettings,
-    "hotpath queue|retry|dlq": OpsSettings,
-    "hotpath dev": DevSettings,
+    "api": ApiSettings,
+    "worker index": IndexWorkerSettings,
+    "worker thumb": ThumbWorkerSettings,
+    "queue/retry/dlq": OpsSettings,
+    "dev": DevSettings,
 }
 
 

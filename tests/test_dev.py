@@ -1,0 +1,139 @@
+"""`hotpath dev` from a clean checkout: ready within 60 s, its printed curl commands work, SIGTERM
+leaves no process of its group alive, a second instance fails with one line, data survives a restart."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.services import free_port
+
+HOTPATH = str(Path(sys.executable).parent / "hotpath")
+pytestmark = pytest.mark.slow
+
+
+def _session_members(sid: int) -> list[int]:
+    """PIDs whose session id is `sid` (the dev supervisor is started as a session leader)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        # fields: state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def _start_dev(tmp_path: Path, port: int, log_name: str) -> tuple[subprocess.Popen, Path, Path]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTPATH_")}
+    env.update(HOTPATH_PORT=str(port), HOTPATH_DATA_DIR=str(tmp_path / ".hotpath"))
+    out, err = tmp_path / f"{log_name}.out", tmp_path / f"{log_name}.err"
+    proc = subprocess.Popen([HOTPATH, "dev"], cwd=tmp_path, env=env, stdout=open(out, "wb"), stderr=open(err, "wb"),
+                            start_new_session=True)
+    return proc, out, err
+
+
+def _wait_banner(proc: subprocess.Popen, out: Path, err: Path, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = out.read_text()
+        if "Ctrl-C stops everything" in text:
+            return text
+        assert proc.poll() is None, f"hotpath dev exited early:\n{out.read_text()}\n{err.read_text()[-3000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"hotpath dev not ready within {timeout}s:\n{err.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> float:
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(15)
+    return time.monotonic() - start
+
+
+def test_dev_stack_end_to_end(tmp_path):
+    port = free_port()
+    proc, out, err = _start_dev(tmp_path, port, "first")
+    try:
+        t0 = time.monotonic()
+        banner = _wait_banner(proc, out, err, 60)
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+        assert time.monotonic() - t0 < 60
+
+        token_line = next(line for line in banner.splitlines() if "export TOKEN=" in line)
+        curls = [line.strip() for line in banner.splitlines() if line.strip().startswith("curl ")]
+        assert len(curls) == 3
+        script = token_line.strip() + "\n"
+        for i, c in enumerate(curls):
+            script += f"{c} -o /dev/null -w '%{{http_code}}\\n' > {tmp_path}/curl{i}.code || echo fail > {tmp_path}/curl{i}.code\n"
+        subprocess.run(["bash", "-c", script], check=True, timeout=60)
+        codes = [(tmp_path / f"curl{i}.code").read_text().strip() for i in range(3)]
+        assert codes == ["200", "200", "200"], (codes, curls)
+        assert any("/members/" in c for c in curls), "one printed command must be a cache lookup"
+
+        # a second instance on the same port: one line about the port, not a traceback
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOTPATH_")}
+        env.update(HOTPATH_PORT=str(port), HOTPATH_DATA_DIR=str(tmp_path / "other"))
+        second = subprocess.run([HOTPATH, "dev"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode != 0
+        lines = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "port" in lines[0] and "in use" in lines[0], second.stderr
+        assert "Traceback" not in second.stderr
+
+        # a key written to the embedded Valkey must survive the restart (AOF under .hotpath/valkey)
+        redis_url = re.search(r"redis\s+(redis://\S+)", banner).group(1)
+        import redis
+
+        r = redis.Redis.from_url(redis_url)
+        r.set("hptest:dev-persist", "kept")
+        r.close()
+        members = _session_members(proc.pid)
+        assert len(members) >= 6, members  # supervisor, valkey, s3, milvus, api, 2 workers
+    finally:
+        elapsed = _stop(proc)
+    assert elapsed < 10, f"stop took {elapsed:.1f}s"
+    time.sleep(0.5)
+    assert _session_members(proc.pid) == [], "processes of hotpath dev outlived it"
+
+    # Data under .hotpath/ survives a restart: the SQLite origin and Valkey's AOF are reused.
+    data = tmp_path / ".hotpath"
+    assert (data / "origin.db").exists() and (data / "valkey").is_dir() and (data / "milvus").exists()
+    proc2, out2, err2 = _start_dev(tmp_path, port, "second")
+    try:
+        banner2 = _wait_banner(proc2, out2, err2, 60)
+        assert "(0 rows new)" in banner2, "the demo origin should be reused, not refilled"
+        redis_url2 = re.search(r"redis\s+(redis://\S+)", banner2).group(1)
+        import redis
+
+        r = redis.Redis.from_url(redis_url2)
+        assert r.get("hptest:dev-persist") == b"kept"
+        r.close()
+    finally:
+        _stop(proc2)
+    assert _session_members(proc2.pid) == []
+
+
+def test_dev_stops_on_sigint_too(tmp_path):
+    port = free_port()
+    proc, out, err = _start_dev(tmp_path, port, "int")
+    try:
+        _wait_banner(proc, out, err, 60)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(15)
+    time.sleep(0.5)
+    assert _session_members(proc.pid) == []
+    assert re.search(r"got SIGINT; stopping", err.read_text())
