@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cacheman.errors import DependencyUnavailable
 from cacheman.observability import REGISTRY, RequestContextMiddleware, request_id_var
 from cacheman.origin.base import open_origin
+from taskkit.errors import QueueFull
 
 log = logging.getLogger("cacheman")
 
@@ -80,6 +82,17 @@ def create_app(settings, *, origin=None, redis_client=None) -> FastAPI:
         return JSONResponse(
             status_code=503,
             content={"error": "dependency_unavailable", "dependency": exc.dependency, "detail": exc.detail,
+                     "request_id": request_id_var.get()},
+        )
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(request: Request, exc: QueueFull):
+        # Backpressure from taskkit: the producer must slow down, nothing was enqueued.
+        retry_after = max(1, math.ceil(exc.retry_after))
+        return JSONResponse(
+            status_code=429,
+            headers={"Retry-After": str(retry_after)},
+            content={"error": "queue_full", "queue": exc.queue, "retry_after": exc.retry_after, "detail": str(exc),
                      "request_id": request_id_var.get()},
         )
 

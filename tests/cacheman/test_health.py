@@ -99,3 +99,22 @@ async def test_openapi_and_docs(api):
     spec = (await api.get("/openapi.json")).json()
     assert "/readyz" in spec["paths"]
     assert (await api.get("/docs")).status_code == 200
+
+
+async def test_queue_full_becomes_429_with_retry_after(redis_url, sqlite_origin_url):
+    from taskkit.errors import QueueFull
+
+    settings = ApiSettings(redis_url=redis_url, origin_url=sqlite_origin_url)
+    app = create_app(settings)
+
+    @app.post("/_test/enqueue")
+    async def enqueue():
+        raise QueueFull("hotpath:index", 2.3, depth=1000, oldest_age_s=4.0)
+
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            r = await client.post("/_test/enqueue")
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "3"
+    body = r.json()
+    assert body["error"] == "queue_full" and body["queue"] == "hotpath:index" and body["retry_after"] == 2.3
