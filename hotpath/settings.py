@@ -35,6 +35,10 @@ class CommonSettings(_Base):
     redis_timeout_s: float = Field(2.0, gt=0, description="Connect and command timeout for every Redis call, seconds.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (JSON lines on stderr).")
     data_dir: str = Field(".hotpath", description="Where `hotpath dev` keeps its data (SQLite origin, Milvus Lite, logs).")
+    taskkit_prefix: str = Field(
+        "hp:tk:",
+        description="Key prefix of every task-queue key (queues, retry and dead-letter queues, audit log); producers, workers and the ops CLI must agree.",
+    )
 
     @field_validator("redis_url")
     @classmethod
