@@ -1,0 +1,237 @@
+"""The cache API under /v1/{tenant}: lookups, bulk lookups and change events; wired by create_app.
+
+Every cache response carries `X-Cache: hit|miss|stale|bypass` and `Age` (seconds since the entry was
+filled). Bodies are built with orjson from plain dicts; models.py documents them in /openapi.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated
+
+import orjson
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from fastapi.responses import Response
+from starlette.middleware import Middleware
+
+from cacheman.auth import require
+from cacheman.cache import CacheConfig, CacheService, Result
+from cacheman.events import EventApplier
+from cacheman.keys import ID_MAX_LEN, ID_PATTERN, MAX_BATCH, Keys
+from cacheman.models import (
+    ErrorOut,
+    EventsIn,
+    EventsOut,
+    MembershipOut,
+    MembershipsCheckIn,
+    MembershipsCheckOut,
+    MembersOut,
+    RoomOut,
+    RoomsBatchIn,
+    RoomsBatchOut,
+    UnreadOut,
+    UserRoomsOut,
+)
+from cacheman.nearcache import NearCache
+from cacheman.stream import StreamConsumer
+
+_ID_DOC = f"Pattern `{ID_PATTERN}` (1 to {ID_MAX_LEN} characters)."
+Tenant = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LEN, description="Tenant id. " + _ID_DOC)]
+RoomId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LEN, description="Room id. " + _ID_DOC)]
+UserId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LEN, description="User id. " + _ID_DOC)]
+
+READ = [Depends(require("cache:read"))]
+WRITE = [Depends(require("cache:write"))]
+_CACHE_HEADERS = {
+    "X-Cache": {"description": "hit | miss | stale (origin down, expired copy) | bypass (Redis down, origin answered)", "schema": {"type": "string"}},
+    "Age": {"description": "Seconds since the answer was loaded from the origin", "schema": {"type": "integer"}},
+}
+_ERRORS = {
+    401: {"model": ErrorOut, "description": "missing, invalid or expired token"},
+    403: {"model": ErrorOut, "description": "token may not access this tenant, or lacks the scope"},
+    429: {"model": ErrorOut, "description": "tenant over its rate limit (Retry-After)"},
+    503: {"model": ErrorOut, "description": "a dependency (redis, origin) is down and nothing cached can answer"},
+}
+_NOT_FOUND = {404: {"model": ErrorOut, "description": "not found (also cached, briefly)", "headers": _CACHE_HEADERS}}
+
+
+def _json(body, status: str, age: int, code: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=code, media_type="application/json",
+                    headers={"X-Cache": status, "Age": str(age)})
+
+
+def _not_found(detail: str, error: str, res: Result) -> Response:
+    return _json({"error": error, "detail": detail}, res.status, res.age_s, 404)
+
+
+def _ok(model):
+    return {"model": model, "description": "OK", "headers": _CACHE_HEADERS}
+
+
+class BodyLimitMiddleware:
+    """413 for a body over `max_bytes`, before the app reads it (Content-Length, or counted when chunked)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length = None
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                try:
+                    length = int(v)
+                except ValueError:
+                    length = None
+                break
+        if length is not None:
+            if length > self.max_bytes:
+                await self._reject(send, length)
+                return
+            await self.app(scope, receive, send)
+            return
+        chunks: list[dict] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunks.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._reject(send, size)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return chunks.pop(0) if chunks else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send, size: int) -> None:
+        body = orjson.dumps({
+            "error": "payload_too_large",
+            "detail": f"request body is at least {size} bytes; the limit is {self.max_bytes} (HOTPATH_MAX_BODY_BYTES). "
+                      f"Send at most {MAX_BATCH} items per batch.",
+        })
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _cache(request: Request) -> CacheService:
+    return request.app.state.cache
+
+
+async def _startup(app: FastAPI) -> None:
+    s = app.state.settings
+    cfg = CacheConfig.from_settings(s)
+    keys = Keys(cfg.prefix)
+    near = None
+    if s.near_cache_enabled:
+        sub_client = aioredis.Redis.from_url(s.redis_url, socket_connect_timeout=s.redis_timeout_s, health_check_interval=5)
+        near = NearCache(sub_client, keys.nearcache_channel(), ttl_s=s.near_cache_ttl_s, max_entries=s.near_cache_max_entries)
+        app.state.near_client = sub_client
+        await near.start()
+    app.state.near = near
+    app.state.cache = CacheService(app.state.redis, app.state.origin, cfg, near=near)
+    app.state.events = EventApplier(app.state.redis, keys, floor_px=cfg.floor_px, seq_px=cfg.floor_px, scripts=app.state.cache.scripts)
+    app.state.stream_consumer = None
+    if s.events_stream_enabled:
+        consumer = StreamConsumer(
+            app.state.redis, app.state.events, stream=s.events_stream, group=s.events_stream_group,
+            consumer=s.events_stream_consumer, claim_idle_ms=s.events_stream_claim_idle_ms,
+        )
+        consumer.start()
+        app.state.stream_consumer = consumer
+
+
+async def _shutdown(app: FastAPI) -> None:
+    if getattr(app.state, "stream_consumer", None) is not None:
+        await app.state.stream_consumer.stop()
+    if getattr(app.state, "near", None) is not None:
+        await app.state.near.stop()
+        with contextlib.suppress(Exception):
+            await app.state.near_client.aclose()
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/v1/{tenant}", tags=["cache"], responses=_ERRORS)
+
+    @router.get("/rooms/{room_id}", dependencies=READ, response_model=RoomOut, responses={200: _ok(RoomOut), **_NOT_FOUND},
+                summary="Room metadata.")
+    async def get_room(tenant: Tenant, room_id: RoomId, request: Request) -> Response:
+        res = await _cache(request).room(tenant, room_id)
+        if res.value is None:
+            return _not_found(f"room {room_id!r} not found", "room_not_found", res)
+        return _json(res.value, res.status, res.age_s)
+
+    @router.get("/rooms/{room_id}/members", dependencies=READ, response_model=MembersOut,
+                responses={200: _ok(MembersOut), **_NOT_FOUND}, summary="Members of a room, with role, and the members version.")
+    async def get_members(tenant: Tenant, room_id: RoomId, request: Request) -> Response:
+        res = await _cache(request).members(tenant, room_id)
+        if res.value is None:
+            return _not_found(f"room {room_id!r} not found", "room_not_found", res)
+        return _json(res.value, res.status, res.age_s)
+
+    @router.get("/rooms/{room_id}/members/{user_id}", dependencies=READ, response_model=MembershipOut,
+                responses={200: _ok(MembershipOut), **_NOT_FOUND},
+                summary="Membership check: 200 with the role, 404 when not a member (or no such room).")
+    async def get_membership(tenant: Tenant, room_id: RoomId, user_id: UserId, request: Request) -> Response:
+        res, exists = await _cache(request).member_role(tenant, room_id, user_id)
+        if res.value is None:
+            if not exists:
+                return _not_found(f"room {room_id!r} not found", "room_not_found", res)
+            return _not_found(f"user {user_id!r} is not a member of room {room_id!r}", "not_member", res)
+        return _json({"room_id": room_id, "user_id": user_id, "role": res.value}, res.status, res.age_s)
+
+    @router.get("/users/{user_id}/rooms", dependencies=READ, response_model=UserRoomsOut, responses={200: _ok(UserRoomsOut)},
+                summary="Rooms of a user (sorted ids).")
+    async def get_user_rooms(tenant: Tenant, user_id: UserId, request: Request) -> Response:
+        res = await _cache(request).user_rooms(tenant, user_id)
+        return _json({"user_id": user_id, "rooms": res.value}, res.status, res.age_s)
+
+    @router.get("/users/{user_id}/unread", dependencies=READ, response_model=UnreadOut, responses={200: _ok(UnreadOut)},
+                summary="Unread counts per room: max(0, room last_seq − user's last_read_seq), and their total.")
+    async def get_unread(tenant: Tenant, user_id: UserId, request: Request) -> Response:
+        res = await _cache(request).unread(tenant, user_id)
+        return _json(res.value, res.status, res.age_s)
+
+    @router.post("/rooms:batchGet", dependencies=READ, response_model=RoomsBatchOut, responses={200: _ok(RoomsBatchOut)},
+                 summary=f"Many rooms at once (up to {MAX_BATCH}); one origin call for all misses.")
+    async def rooms_batch(tenant: Tenant, body: RoomsBatchIn, request: Request) -> Response:
+        found, missing, status = await _cache(request).rooms_batch(tenant, body.room_ids)
+        return _json({"rooms": found, "missing": missing}, status, 0)
+
+    @router.post("/memberships:check", dependencies=READ, response_model=MembershipsCheckOut,
+                 responses={200: _ok(MembershipsCheckOut)},
+                 summary=f"Many membership checks at once (up to {MAX_BATCH} (room, user) pairs); one round trip per batch on hits.")
+    async def memberships_check(tenant: Tenant, body: MembershipsCheckIn, request: Request) -> Response:
+        rows, status = await _cache(request).memberships_batch(tenant, [(c.room_id, c.user_id) for c in body.checks])
+        results = [{"room_id": r, "user_id": u, "member": role is not None, "role": role, "room_exists": ex} for r, u, role, ex in rows]
+        return _json({"results": results}, status, 0)
+
+    @router.post("/events", dependencies=WRITE, response_model=EventsOut, tags=["events"],
+                 summary=f"Apply a batch of change events (up to {MAX_BATCH}); idempotent and order-insensitive. See docs/events.md.")
+    async def post_events(tenant: Tenant, body: EventsIn, request: Request) -> EventsOut:
+        results = await request.app.state.events.apply(tenant, body.events, source="http")
+        applied = sum(1 for r in results if r.result == "applied")
+        return Response(orjson.dumps({
+            "results": [{"id": r.id, "type": r.type, "result": r.result} for r in results],
+            "applied": applied, "ignored": len(results) - applied,
+        }), media_type="application/json")
+
+    return router
+
+
+def install(app: FastAPI, settings) -> None:
+    """Called by create_app: routes, the body limit, and the services built in the lifespan."""
+    app.user_middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
+    app.state.on_startup.append(_startup)
+    app.state.on_shutdown.append(_shutdown)
+    app.include_router(build_router())

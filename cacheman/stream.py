@@ -1,0 +1,141 @@
+"""The events stream consumer: change events from a Redis Stream (an outbox relay) through a consumer group.
+
+An entry is XACKed only after its event is applied; entries pending too long on a dead consumer are
+claimed with XAUTOCLAIM by a live one. Entries that can never apply go to `<stream>:dead` (then acked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.exceptions import RedisError, ResponseError
+
+from cacheman import metrics as m
+from cacheman.errors import DependencyUnavailable
+from cacheman.events import Event, EventApplier
+from cacheman.keys import valid_id
+
+log = logging.getLogger("cacheman.stream")
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class StreamConsumer:
+    """Reads `stream` as `consumer` in `group`; entry fields: `tenant`, `event` (the JSON of one event)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        applier: EventApplier,
+        *,
+        stream: str,
+        group: str = "cacheman",
+        consumer: str = "",
+        claim_idle_ms: int = 30_000,
+        batch: int = 100,
+        block_ms: int = 500,
+    ) -> None:
+        self.redis = redis
+        self.applier = applier
+        self.stream = stream
+        self.dead_stream = stream + ":dead"
+        self.group = group
+        self.consumer = consumer or default_consumer_name()
+        self.claim_idle_ms = claim_idle_ms
+        self.batch = batch
+        self.block_ms = block_ms
+        self._task: asyncio.Task | None = None
+        self._own_pending_done = False
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run_once(self, *, block_ms: int | None = None) -> int:
+        """One round: own pending entries (after a restart), then claimed ones, then new ones. Returns entries acked."""
+        done = 0
+        if not self._own_pending_done:
+            entries = await self._read("0", block_ms=None)
+            done += await self._handle(entries, "own_pending")
+            if not entries:
+                self._own_pending_done = True
+        claimed = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch
+        )
+        done += await self._handle([e for e in claimed[1] if e and e[1]], "claimed")
+        entries = await self._read(">", block_ms=self.block_ms if block_ms is None else block_ms)
+        done += await self._handle(entries, "new")
+        return done
+
+    async def _read(self, start: str, *, block_ms: int | None) -> list:
+        reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block_ms)
+        if not reply:
+            return []
+        # RESP2: [[stream, [(id, fields), …]]]
+        return [e for e in reply[0][1] if e[1]]
+
+    async def _handle(self, entries: list, how: str) -> int:
+        if not entries:
+            return 0
+        by_tenant: dict[str, list[tuple[bytes, Event]]] = {}
+        dead: list[tuple[bytes, dict, str]] = []
+        for entry_id, fields in entries:
+            tenant = (fields.get(b"tenant") or b"").decode(errors="replace")
+            try:
+                if not valid_id(tenant):
+                    raise ValueError(f"entry field `tenant` {tenant!r} is missing or not a valid id")
+                event = Event.model_validate_json(fields.get(b"event") or b"")
+            except (ValidationError, ValueError) as exc:
+                dead.append((entry_id, fields, str(exc).splitlines()[0][:500]))
+                continue
+            by_tenant.setdefault(tenant, []).append((entry_id, event))
+        acked = 0
+        for tenant, items in by_tenant.items():
+            await self.applier.apply(tenant, [ev for _, ev in items], source="stream")  # raises → not acked
+            await self.redis.xack(self.stream, self.group, *[eid for eid, _ in items])
+            acked += len(items)
+            m.STREAM_ACKED.labels(how).inc(len(items))
+        for entry_id, fields, error in dead:
+            record = {k: v for k, v in fields.items()}
+            record.update({b"error": error.encode(), b"source_id": entry_id})
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(self.dead_stream, record, maxlen=10_000, approximate=True)
+            pipe.xack(self.stream, self.group, entry_id)
+            await pipe.execute()
+            m.STREAM_DEAD.inc()
+            log.warning("stream entry %s cannot be applied, moved to %s: %s", entry_id, self.dead_stream, error)
+        return acked
+
+    async def run(self) -> None:
+        """Forever, with backoff while Redis is down; nothing is acked that was not applied."""
+        backoff = 0.1
+        while True:
+            try:
+                await self.ensure_group()
+                while True:
+                    await self.run_once()
+                    backoff = 0.1
+            except (RedisError, OSError, DependencyUnavailable) as exc:
+                log.warning("events stream: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"events-stream-{self.consumer}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
