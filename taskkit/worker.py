@@ -29,7 +29,6 @@ from taskkit.deadletter import DeadLetterPolicy, DeadLetterQueue, DeathHook
 from taskkit.errors import WorkerLost
 from taskkit.idempotency import DEFAULT_WINDOW_S, key_for, mark_done
 from taskkit.keys import DEFAULT_PREFIX, Keys
-from taskkit.records import JobRecord
 from taskkit.retry import PERMANENT, TRANSIENT, classify, error_class
 from taskkit.retryqueue import RetryQueue
 from taskkit.scripts import Scripts
@@ -306,4 +305,4 @@ def redis_settings_from_url(url: str, **kwargs: Any) -> RedisSettings:
     return s
 
 
-__all__ = ["Runtime", "worker_settings", "redis_settings_from_url", "JobRecord"]
+__all__ = ["Runtime", "redis_settings_from_url", "worker_settings"]

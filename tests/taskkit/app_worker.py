@@ -1,0 +1,40 @@
+"""A worker app for subprocess tests, run as `arq tests.taskkit.app_worker.WorkerSettings`.
+
+Configured from TK_TEST_* environment variables (a test reads its environment; taskkit never does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from taskkit import RetryPolicy, task, worker_settings
+from taskkit.worker import redis_settings_from_url
+
+PREFIX = os.environ.get("TK_TEST_PREFIX", "hptest:unset:")
+QUEUE = "app"
+SLEEP_S = float(os.environ.get("TK_TEST_SLEEP", "0.02"))
+LEDGER_LUA = (Path(__file__).parent / "effect_ledger.lua").read_text()
+
+
+def _keys():
+    return f"{PREFIX}ledger", f"{PREFIX}total", f"{PREFIX}executions"
+
+
+@task(queue=QUEUE, timeout=1.0, retry=RetryPolicy(max_attempts=8, base_s=0.05, cap_s=0.5))
+async def apply_effect(ctx, n: int, amount: int) -> int:
+    """Count the execution, work a little, then apply the effect through the idempotent ledger."""
+    redis = ctx["redis"]
+    ledger, total, executions = _keys()
+    await redis.incr(executions)
+    await asyncio.sleep(SLEEP_S)
+    return await redis.eval(LEDGER_LUA, 2, ledger, total, ctx["job_id"], amount)
+
+
+WorkerSettings = worker_settings(
+    QUEUE, [apply_effect],
+    redis_settings=redis_settings_from_url(os.environ.get("TK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")),
+    prefix=PREFIX, concurrency=int(os.environ.get("TK_TEST_CONCURRENCY", "20")), poll_delay_s=0.05,
+    health_interval_s=0.5,
+)

@@ -1,0 +1,42 @@
+"""Test harness for taskkit: an in-process ARQ worker that starts and stops cleanly, and polling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from arq.worker import Worker, create_worker
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings_cls: type, **overrides: object) -> AsyncIterator[Worker]:
+    """Run an ARQ worker built from `settings_cls` inside this event loop; stop it on exit."""
+    overrides.setdefault("poll_delay", 0.02)
+    w = create_worker(settings_cls, handle_signals=False, **overrides)
+    main = asyncio.create_task(w.async_run())
+    try:
+        yield w
+    finally:
+        main.cancel()
+        await asyncio.gather(main, return_exceptions=True)
+        jobs = list(w.tasks.values())
+        for t in jobs:
+            t.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        w.tasks.clear()
+        await w.close()
+
+
+async def wait_until(cond, within: float = 10.0, interval: float = 0.02) -> None:
+    """Poll an async or sync condition until true; AssertionError on timeout."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        r = cond()
+        if asyncio.iscoroutine(r):
+            r = await r
+        if r:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(interval)
