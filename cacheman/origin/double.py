@@ -14,6 +14,7 @@ from collections import Counter
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -109,6 +110,11 @@ def create_double(origin, *, name: str = "dbman-double") -> FastAPI:
             await self.inner(scope, receive, send)
 
     app.add_middleware(CountAndInject)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad(request: Request, exc: RequestValidationError):
+        errs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        return ORJSON({"error": "bad_request", "message": errs}, status_code=422)
 
     @app.exception_handler(OriginUnavailable)
     async def _down(request: Request, exc: OriginUnavailable):

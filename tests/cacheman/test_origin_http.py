@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -297,3 +298,26 @@ async def test_one_instance_killed_mid_load_is_invisible(origin_db):
         await origin.aclose()
         a.kill()
         b.kill()
+
+
+def test_openapi_file_and_double_serve_the_same_contract():
+    import yaml
+
+    from cacheman.origin.double import create_double
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "docs" / "origin-openapi.yaml").read_text())
+    documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+    app = create_double(origin=None)
+    served = {
+        (m, r.path) for r in app.routes for m in getattr(r, "methods", ()) or ()
+        if not r.path.startswith(("/_", "/docs", "/openapi", "/redoc")) and m != "HEAD"
+    }
+    assert served == documented
+
+
+async def test_double_error_shapes(fresh):
+    async with httpx.AsyncClient(base_url=fresh.url) as c:
+        r = await c.post("/v1/acme/rooms:batchGet", json={"room_ids": ["r"] * 1001})
+        assert r.status_code == 422 and r.json()["error"] == "bad_request"
+        r = await c.get("/v1/acme/rooms/nope")
+        assert r.status_code == 404 and r.json()["error"] == "not_found"
