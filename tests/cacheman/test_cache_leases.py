@@ -1,0 +1,254 @@
+"""Read-through with leases against a real Redis: stale set, single-flight, cross-process leases, negative
+entries, TTL jitter, and membership sets that are never seen half-built."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+
+import pytest
+
+from cacheman import metrics as m
+from cacheman.events import Event
+from cacheman.keys import Keys
+from cacheman.leases import jittered_ttl_ms
+from tests.cacheman.cache_fakes import FakeOrigin, make_cache, redis_client
+
+T = "acme"
+
+
+@pytest.fixture
+async def redis(redis_url):
+    client = redis_client(redis_url)
+    yield client
+    await client.aclose()
+
+
+def _value(metric) -> float:
+    return metric._value.get()
+
+
+async def test_miss_then_hit_costs_one_origin_call(redis, key_prefix):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", name="general", members={"u1": "admin"})
+    cache, _ = make_cache(redis, origin, key_prefix)
+    first = await cache.room(T, "r1")
+    second = await cache.room(T, "r1")
+    assert (first.status, second.status) == ("miss", "hit")
+    assert second.value["name"] == "general"
+    assert origin.calls["get_room"] == 1
+
+
+# ---------------------------------------------------------------- stale set
+
+@pytest.mark.parametrize("entity", ["room", "members", "user_rooms"])
+async def test_stale_set_fill_that_began_before_an_invalidation_never_writes_its_old_value(redis, key_prefix, entity):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", name="old", members={"u1": "admin"})
+    origin.add_room(T, "r2", name="other", members={})
+    cache, events = make_cache(redis, origin, key_prefix)
+    keys = Keys(key_prefix)
+    key = {"room": keys.room_meta(T, "r1"), "members": keys.members(T, "r1"), "user_rooms": keys.user_rooms(T, "u1")}[entity]
+
+    origin.gate = asyncio.Event()  # the origin answers, then holds the fill until we let it go
+    if entity == "room":
+        fill = asyncio.create_task(cache.room(T, "r1"))
+    elif entity == "members":
+        fill = asyncio.create_task(cache.members(T, "r1"))
+    else:
+        fill = asyncio.create_task(cache.user_rooms(T, "u1"))
+    await asyncio.wait_for(origin.entered.wait(), 5)  # the fill has read the OLD state from the origin
+
+    # The change commits at the origin, then its event lands. No version: only the lease protects.
+    if entity == "room":
+        origin.rooms[(T, "r1")].name = "new"
+        ev = Event(id="e1", type="room.updated", room_id="r1")
+    elif entity == "members":
+        origin.set_member(T, "r1", "u2", "member")
+        ev = Event(id="e1", type="member.added", room_id="r1", user_id="u2")
+    else:
+        origin.set_member(T, "r2", "u1", "member")
+        ev = Event(id="e1", type="member.added", room_id="r2", user_id="u1")
+    [res] = await events.apply(T, [ev])
+    assert res.result == "applied"
+
+    origin.gate.set()
+    origin.gate = None
+    await fill  # its caller started before the change: it may see the old value
+    assert await redis.exists(key) == 0, "the fill that began before the invalidation wrote its old value"
+
+    after = {"room": cache.room, "members": cache.members}.get(entity)
+    res = await (after(T, "r1") if after else cache.user_rooms(T, "u1"))
+    assert res.status == "miss"
+    if entity == "room":
+        assert res.value["name"] == "new"
+    elif entity == "members":
+        assert {mb["user_id"] for mb in res.value["members"]} == {"u1", "u2"}
+    else:
+        assert res.value == ["r1", "r2"]
+
+
+async def test_fill_older_than_an_applied_versioned_event_is_refused(redis, key_prefix):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", name="v1", version=1)
+    cache, events = make_cache(redis, origin, key_prefix)
+    [res] = await events.apply(T, [Event(id="e", type="room.updated", room_id="r1", version=5)])
+    assert res.result == "applied"
+    # A lagging origin still answers version 1: the caller gets it, the cache does not keep it.
+    first = await cache.room(T, "r1")
+    assert first.value["version"] == 1
+    assert await redis.exists(Keys(key_prefix).room_meta(T, "r1")) == 0
+
+
+# ---------------------------------------------------------------- single-flight and leases
+
+async def test_single_flight_one_origin_call_and_no_lease_polling_inside_a_process(redis, key_prefix):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", members={f"u{i}": "member" for i in range(10)})
+    origin.delay = 0.2
+    cache, _ = make_cache(redis, origin, key_prefix)
+    waits_before = _value(m.LEASE_WAITS.labels("members"))
+    results = await asyncio.gather(*(cache.member_role(T, "r1", f"u{i % 12}") for i in range(300)))
+    assert origin.calls["get_members"] == 1
+    assert _value(m.LEASE_WAITS.labels("members")) == waits_before, "in-process misses polled the lease instead of sharing a future"
+    assert sum(1 for r, _ in results if r.value == "member") == 250
+
+
+async def test_lease_makes_two_processes_share_one_origin_call(redis, key_prefix):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", name="busy")
+    origin.delay = 0.3
+    a, _ = make_cache(redis, origin, key_prefix)
+    b, _ = make_cache(redis, origin, key_prefix)  # its own single-flight map: a second process
+    waits_before = _value(m.LEASE_WAITS.labels("room"))
+    results = await asyncio.gather(*(c.room(T, "r1") for c in (a, b) for _ in range(100)))
+    assert origin.calls["get_room"] == 1
+    assert all(r.value["name"] == "busy" for r in results)
+    assert _value(m.LEASE_WAITS.labels("room")) > waits_before
+
+
+async def test_a_dead_lease_holder_is_replaced_when_its_lease_expires(redis, key_prefix):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", name="x")
+    cache, _ = make_cache(redis, origin, key_prefix, lease_wait_s=5.0)
+    key = Keys(key_prefix).room_meta(T, "r1")
+    await redis.set(Keys.lease(key), "holder-that-died", px=300)
+    t0 = time.monotonic()
+    res = await cache.room(T, "r1")
+    assert res.value["name"] == "x" and res.status == "miss"
+    assert 0.25 <= time.monotonic() - t0 < 2.0
+    assert origin.calls["get_room"] == 1
+    assert await redis.exists(key) == 1
+
+
+async def test_waiters_go_to_the_origin_after_the_wait_bound_without_writing(redis, key_prefix):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", name="x")
+    cache, _ = make_cache(redis, origin, key_prefix, lease_wait_s=0.3)
+    key = Keys(key_prefix).room_meta(T, "r1")
+    await redis.set(Keys.lease(key), "a-very-slow-holder", px=60_000)
+    t0 = time.monotonic()
+    res = await cache.room(T, "r1")
+    assert res.value["name"] == "x" and res.status == "miss"
+    assert 0.3 <= time.monotonic() - t0 < 1.5
+    assert await redis.exists(key) == 0  # only the lease holder writes
+
+
+# ---------------------------------------------------------------- negative entries and TTLs
+
+async def test_not_found_is_cached_briefly(redis, key_prefix):
+    origin = FakeOrigin()
+    cache, _ = make_cache(redis, origin, key_prefix, negative_ttl_s=0.4)
+    first = await cache.room(T, "ghost")
+    assert first.value is None and first.status == "miss"
+    pttl = await redis.pttl(Keys(key_prefix).room_meta(T, "ghost"))
+    assert 0 < pttl <= 400
+    origin.add_room(T, "ghost", name="now exists")
+    second = await cache.room(T, "ghost")
+    assert second.value is None and second.status == "hit"  # the negative entry answered
+    await asyncio.sleep(0.45)
+    third = await cache.room(T, "ghost")
+    assert third.value["name"] == "now exists" and third.status == "miss"
+    assert origin.calls["get_room"] == 2
+
+
+def test_jittered_ttl_is_spread_within_its_bounds():
+    rng = random.Random(7)
+    draws = [jittered_ttl_ms(100.0, 0.2, rng) for _ in range(2000)]
+    assert min(draws) >= 80_000 and max(draws) <= 120_000
+    assert statistics.pstdev(draws) > 10_000  # uniform over 40 s has a stdev of ~11.5 s
+    assert len(set(draws)) > 1900
+    assert jittered_ttl_ms(100.0, 0.0) == 100_000
+
+
+async def test_keys_filled_together_expire_apart(redis, key_prefix):
+    origin = FakeOrigin()
+    for i in range(40):
+        origin.add_room(T, f"r{i}")
+    cache, _ = make_cache(redis, origin, key_prefix, ttl_s=100.0, ttl_jitter=0.2, stale_ttl_s=0.0)
+    await asyncio.gather(*(cache.room(T, f"r{i}") for i in range(40)))
+    keys = Keys(key_prefix)
+    pttls = [await redis.pttl(keys.room_meta(T, f"r{i}")) for i in range(40)]
+    assert all(79_000 <= p <= 120_000 for p in pttls), pttls
+    assert max(pttls) - min(pttls) > 10_000, "TTLs were not jittered"
+
+
+# ---------------------------------------------------------------- membership sets
+
+async def test_membership_set_is_never_seen_half_built(redis, key_prefix):
+    n = 5000
+    origin = FakeOrigin()
+    origin.add_room(T, "big", members={f"user-{i}": "member" for i in range(n)})
+    cache, events = make_cache(redis, origin, key_prefix)
+    key = Keys(key_prefix).members(T, "big")
+    seen: set[int] = set()
+    stop = asyncio.Event()
+    async def watch():
+        while not stop.is_set():
+            seen.add(await redis.hlen(key))
+
+    watcher = asyncio.create_task(watch())
+    for i in range(6):
+        await events.apply(T, [Event(id=f"e{i}", type="room.updated", room_id="big")])
+        await events.apply(T, [Event(id=f"m{i}", type="member.role_changed", room_id="big", user_id="user-1")])
+        res = await cache.members(T, "big")
+        assert len(res.value["members"]) == n
+    stop.set()
+    await watcher
+    full = n + 3  # the members plus #f, #s, #v
+    assert seen <= {0, full}, f"a reader saw a partial set: sizes {sorted(seen)[:10]}"
+    assert full in seen
+    assert [k async for k in redis.scan_iter(match=key_prefix + "*:tmp:*")] == []
+
+
+async def test_membership_check_tells_absent_user_from_uncached_set(redis, key_prefix):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", members={"u1": "owner"})
+    cache, _ = make_cache(redis, origin, key_prefix)
+    first, exists = await cache.member_role(T, "r1", "nobody")
+    assert (first.value, exists, first.status) == (None, True, "miss")
+    second, exists = await cache.member_role(T, "r1", "nobody")
+    assert (second.value, exists, second.status) == (None, True, "hit")  # the sentinel answered "built, absent"
+    owner, _ = await cache.member_role(T, "r1", "u1")
+    assert (owner.value, owner.status) == ("owner", "hit")
+    ghost, exists = await cache.member_role(T, "ghost-room", "u1")
+    assert (ghost.value, exists) == (None, False)
+    assert origin.calls["get_members"] == 2
+
+
+async def test_batches_use_one_origin_call_for_all_misses(redis, key_prefix):
+    origin = FakeOrigin()
+    for i in range(50):
+        origin.add_room(T, f"r{i}", members={"u1": "member"})
+    cache, _ = make_cache(redis, origin, key_prefix)
+    ids = [f"r{i}" for i in range(50)] + ["nope"]
+    found, missing, status = await cache.rooms_batch(T, ids)
+    assert (len(found), missing, status) == (50, ["nope"], "miss")
+    assert origin.calls["get_rooms"] == 1
+    found, missing, status = await cache.rooms_batch(T, ids)
+    assert (len(found), missing, status) == (50, ["nope"], "hit")
+    assert origin.calls["get_rooms"] == 1
+    rows, status = await cache.memberships_batch(T, [("r1", "u1"), ("r1", "u2"), ("r2", "u1")])
+    assert [(r, u, role) for r, u, role, _ in rows] == [("r1", "u1", "member"), ("r1", "u2", None), ("r2", "u1", "member")]
