@@ -93,6 +93,12 @@ def _os_user() -> str:
         return "unknown"
 
 
+def _console() -> Console:
+    """A terminal gets its own width; a pipe gets wide lines instead of folded cells."""
+    c = Console()
+    return c if c.is_terminal else Console(width=220)
+
+
 def _json(obj: Any) -> None:
     typer.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2, default=str).decode())
 
@@ -142,14 +148,14 @@ def _records_table(title: str, recs: list, *, dead: bool) -> None:
     for r in recs:
         t.add_row(r.job_id, r.queue, r.task, str(r.attempts), r.error_type, r.message[:60],
                   _ago(r.last_failed_ms), _ago(r.died_ms) if dead else _ago(r.next_run_ms))
-    Console().print(t)
+    _console().print(t)
 
 
 def _show_record(rec, as_json: bool) -> None:
     if as_json:
         _json(rec.to_dict())
         return
-    c = Console()
+    c = _console()
     for k, v in rec.to_dict(with_traceback=False).items():
         if k.endswith("_ms") and v:
             v = f"{_when(v)} ({_ago(v)})"
@@ -222,7 +228,7 @@ def queue_stats(queue: str = _Q, as_json: bool = _JSON) -> None:
         t.add_row(s.queue, str(s.ready), str(s.scheduled), f"{s.oldest_age_s:.1f}s", str(s.retrying), str(s.dead),
                   str(s.workers), str(s.in_flight), f"{s.rate_per_s:.1f}", s.backpressure, str(s.enqueued),
                   str(s.rejected), str(s.completed), str(s.retried), str(s.died))
-    Console().print(t)
+    _console().print(t)
 
 
 @queue_app.command("audit")
@@ -238,7 +244,7 @@ def queue_audit(limit: int = typer.Option(50, "--limit", "-n", help="Show at mos
         t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(_when(r["at_ms"]), r["who"], r["action"], orjson.dumps(r["filter"]).decode(), str(r["count"]))
-    Console().print(t)
+    _console().print(t)
 
 
 # --- retry ----------------------------------------------------------------------------------------

@@ -1,10 +1,16 @@
-"""Test harness for taskkit: an in-process ARQ worker that starts and stops cleanly, and polling."""
+"""Test harness for taskkit: an in-process ARQ worker that starts and stops cleanly, a worker
+subprocess run by the `arq` command, and polling."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
 
 from arq.worker import Worker, create_worker
 
@@ -40,3 +46,15 @@ async def wait_until(cond, within: float = 10.0, interval: float = 0.02) -> None
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_app_worker(redis_url: str, prefix: str, log: IO[bytes], *, concurrency: int = 20,
+                     sleep_s: float = 0.02) -> subprocess.Popen:
+    """`arq tests.taskkit.app_worker.WorkerSettings` in its own process (so a test may SIGKILL it)."""
+    env = dict(os.environ, TK_TEST_REDIS_URL=redis_url, TK_TEST_PREFIX=prefix,
+               TK_TEST_CONCURRENCY=str(concurrency), TK_TEST_SLEEP=str(sleep_s))
+    return subprocess.Popen([str(Path(sys.executable).parent / "arq"), "tests.taskkit.app_worker.WorkerSettings"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -6,24 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from taskkit import Inspector, Producer, Watermarks
 from taskkit.keys import Keys
 from tests.taskkit import app_worker
+from tests.taskkit.harness import start_app_worker
 
-ROOT = Path(__file__).resolve().parents[2]
 N = 1000
-
-
-def _start_worker(redis_url: str, prefix: str, log) -> subprocess.Popen:
-    env = dict(os.environ, TK_TEST_REDIS_URL=redis_url, TK_TEST_PREFIX=prefix, TK_TEST_CONCURRENCY="20",
-               TK_TEST_SLEEP="0.02")
-    return subprocess.Popen([str(Path(sys.executable).parent / "arq"), "tests.taskkit.app_worker.WorkerSettings"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 async def test_sigkill_three_times_every_job_once(redis, redis_url, tk_prefix, tmp_path):
@@ -35,7 +25,7 @@ async def test_sigkill_three_times_every_job_once(redis, redis_url, tk_prefix, t
     kills = []
     t0 = time.monotonic()
     with (tmp_path / "worker.log").open("wb") as log:
-        proc = _start_worker(redis_url, tk_prefix, log)
+        proc = start_app_worker(redis_url, tk_prefix, log, concurrency=20, sleep_s=0.02)
         try:
             for threshold in (200, 450, 700):
                 while await redis.scard(ledger) < threshold:
@@ -47,7 +37,7 @@ async def test_sigkill_three_times_every_job_once(redis, redis_url, tk_prefix, t
                 # jobs the dead worker was running: ARQ re-runs them once their in-progress key expires
                 in_progress = [k async for k in redis.scan_iter(match=f"arq:in-progress:{tk_prefix}*", count=1000)]
                 kills.append((await redis.scard(ledger), len(in_progress)))
-                proc = _start_worker(redis_url, tk_prefix, log)
+                proc = start_app_worker(redis_url, tk_prefix, log, concurrency=20, sleep_s=0.02)
             while await redis.scard(ledger) < N or await redis.zcard(Keys(tk_prefix).arq_queue("app")):
                 assert proc.poll() is None
                 assert time.monotonic() - t0 < 90, f"only {await redis.scard(ledger)} of {N} done"

@@ -1,0 +1,142 @@
+"""Backpressure against real Redis: the enqueue script agrees with the pure hysteresis rule, an
+overloaded queue stays bounded without losing accepted jobs, and the AIMD limit is shared."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from taskkit import AimdController, AimdPolicy, Producer, QueueFull, Watermarks
+from taskkit.backpressure import admit
+from taskkit.keys import Keys
+from tests.taskkit import app_worker
+from tests.taskkit.harness import start_app_worker
+
+
+async def _set_depth(redis, queue_key: str, depth: int) -> None:
+    await redis.delete(queue_key)
+    if depth:
+        now = int(time.time() * 1000) - 1000
+        await redis.zadd(queue_key, {f"filler-{i}": now for i in range(depth)})
+
+
+async def test_enqueue_script_agrees_with_admit(redis, tk_prefix):
+    wm = Watermarks(high=10, low=4, min_retry_after_s=0.5, max_retry_after_s=30)
+    prod = Producer(redis, prefix=tk_prefix, watermarks=wm)
+    k = Keys(tk_prefix)
+    closed = False
+    for depth in [0, 3, 9, 10, 12, 9, 5, 4, 5, 9, 10, 3, 11]:
+        await _set_depth(redis, k.arq_queue("bp"), depth)
+        want_accept, closed = admit(closed, depth, 0, wm)
+        try:
+            await prod.enqueue("noop", _queue="bp")
+            accepted = True
+        except QueueFull as exc:
+            accepted = False
+            assert exc.queue == "bp" and exc.depth == depth and 0.5 <= exc.retry_after <= 30
+        assert accepted == want_accept, depth
+        assert (await redis.hget(k.backpressure("bp"), "closed") == b"1") == closed, depth
+
+
+async def test_retry_after_uses_the_workers_drain_rate(redis, tk_prefix):
+    wm = Watermarks(high=100, low=50, min_retry_after_s=1, max_retry_after_s=60)
+    prod = Producer(redis, prefix=tk_prefix, watermarks=wm)
+    k = Keys(tk_prefix)
+    await _set_depth(redis, k.arq_queue("bp"), 150)
+    await redis.hset(k.backpressure("bp"), "rate", "20")  # written by the workers' health loop
+    with pytest.raises(QueueFull) as e:
+        await prod.enqueue("noop", _queue="bp")
+    assert e.value.retry_after == pytest.approx(5.0, abs=0.01)  # (150 - 50) / 20
+
+
+async def test_overload_depth_bounded_nothing_accepted_lost(redis, redis_url, tk_prefix, tmp_path):
+    """Producer at 10x the worker's rate for 3 s: depth <= high + in-flight enqueues; all accepted run."""
+    high, low, producers = 60, 30, 8
+    wm = Watermarks(high=high, low=low, min_retry_after_s=0.05, max_retry_after_s=10)
+    prod = Producer(redis, prefix=tk_prefix, watermarks=wm)
+    k = Keys(tk_prefix)
+    qkey = k.arq_queue("app")
+    # worker: 4 concurrent jobs of 40 ms → at most 100 jobs/s; the producer aims at 1,000/s.
+    log = (tmp_path / "worker.log").open("wb")
+    proc = start_app_worker(redis_url, tk_prefix, log, concurrency=4, sleep_s=0.04)
+    accepted: list[str] = []
+    rejections: list[float] = []
+    max_depth = 0
+    stop = asyncio.Event()
+
+    async def sampler():
+        nonlocal max_depth
+        while not stop.is_set():
+            max_depth = max(max_depth, await redis.zcard(qkey))
+            await asyncio.sleep(0.002)
+
+    async def producer(offset: int):
+        n = offset
+        t_next = time.monotonic()
+        while not stop.is_set():
+            try:
+                job = await prod.enqueue(app_worker.apply_effect, n, 1)
+                accepted.append(job.job_id)
+            except QueueFull as exc:
+                rejections.append(exc.retry_after)
+            n += producers
+            t_next += producers / 1000  # 1,000 enqueues/s across all producers
+            await asyncio.sleep(max(0.0, t_next - time.monotonic()))
+
+    try:
+        s = asyncio.create_task(sampler())
+        ps = [asyncio.create_task(producer(i)) for i in range(producers)]
+        await asyncio.sleep(3.0)
+        stop.set()
+        await asyncio.gather(s, *ps)
+        attempts = len(accepted) + len(rejections)
+        # drain: everything accepted must run, exactly once
+        deadline = time.monotonic() + 30
+        while await redis.scard(f"{tk_prefix}ledger") < len(accepted):
+            assert time.monotonic() < deadline, "accepted jobs were lost"
+            assert proc.poll() is None
+            await asyncio.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+    print(f"overload: {attempts} attempts, {len(accepted)} accepted, {len(rejections)} refused, max depth {max_depth}")
+    done = {m.decode() for m in await redis.smembers(f"{tk_prefix}ledger")}
+    assert done == set(accepted)
+    assert int(await redis.get(f"{tk_prefix}total")) == len(accepted)
+    assert attempts >= 2000, attempts  # the producer really ran at ~10x the worker
+    assert len(accepted) < attempts / 3  # most were refused
+    assert rejections and all(ra > 0 for ra in rejections)
+    assert max_depth <= high + producers, max_depth
+    assert max_depth >= low  # and the queue really filled up
+
+
+async def test_aimd_limit_is_shared_between_processes(redis, tk_prefix):
+    from taskkit.keys import Keys
+
+    policy = AimdPolicy(initial=100, min=5, max=200, add_per_s=10, beta=0.5, cooldown_s=0.2)
+    a = AimdController(redis, "milvus", keys=Keys(tk_prefix), policy=policy)
+    b = AimdController(redis, "milvus", keys=Keys(tk_prefix), policy=policy)  # another worker process
+    assert await a.current() == 100
+    assert await a.slow_down() == 50
+    assert await b.slow_down() == 50  # within the cooldown: a burst of signals counts once
+    assert await b.current() == 50
+    await asyncio.sleep(0.25)
+    assert await b.slow_down() == 25
+    assert await a.current() == 25
+    for _ in range(4):
+        await a.slow_down()
+        await asyncio.sleep(0.21)
+    assert await a.current() == 5  # floor
+    # additive increase: +10/s for the time since the last change, applied at most once a second
+    await asyncio.sleep(1.0)
+    grown = await b.ok()
+    assert 15 <= grown <= 20, grown
+    assert await a.ok() == grown  # a second ok within the second: no change
+    # the token bucket rations calls: at 15/s, 10 calls past the burst take about 10/15 s
+    t0 = time.monotonic()
+    for _ in range(int(await a.current()) + 10):
+        await a.acquire()
+    assert time.monotonic() - t0 >= 0.5
