@@ -63,7 +63,15 @@ class StreamConsumer:
                 raise
 
     async def run_once(self, *, block_ms: int | None = None) -> int:
-        """One round: own pending entries (after a restart), then claimed ones, then new ones. Returns entries acked."""
+        """One round: own pending entries (after a restart or a failed apply), then claimed ones, then new ones.
+        Returns the number of entries applied and acked; an apply that fails leaves its entries pending."""
+        try:
+            return await self._round(block_ms)
+        except BaseException:
+            self._own_pending_done = False  # what we read but did not ack is retried first next round
+            raise
+
+    async def _round(self, block_ms: int | None) -> int:
         done = 0
         if not self._own_pending_done:
             entries = await self._read("0", block_ms=None)
@@ -96,8 +104,12 @@ class StreamConsumer:
                 if not valid_id(tenant):
                     raise ValueError(f"entry field `tenant` {tenant!r} is missing or not a valid id")
                 event = Event.model_validate_json(fields.get(b"event") or b"")
-            except (ValidationError, ValueError) as exc:
-                dead.append((entry_id, fields, str(exc).splitlines()[0][:500]))
+            except ValidationError as exc:
+                why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors())
+                dead.append((entry_id, fields, f"invalid event: {why}"[:500]))
+                continue
+            except ValueError as exc:
+                dead.append((entry_id, fields, str(exc)[:500]))
                 continue
             by_tenant.setdefault(tenant, []).append((entry_id, event))
         acked = 0
