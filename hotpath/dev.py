@@ -352,7 +352,6 @@ def _ensure_buckets(endpoint: str, settings) -> None:
 
 def _banner(api: str, parts: list[tuple[str, str]], settings, sqlite_path: Path | None, logs: Path) -> None:
     from cacheman.auth import mint_token
-
     from hotpath.settings import ApiSettings, load
 
     api_settings = load(ApiSettings)

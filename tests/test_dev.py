@@ -37,6 +37,13 @@ def _session_members(sid: int) -> list[int]:
     return pids
 
 
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return []
+
+
 def _start_dev(tmp_path: Path, port: int, log_name: str) -> tuple[subprocess.Popen, Path, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOTPATH_")}
     env.update(HOTPATH_PORT=str(port), HOTPATH_DATA_DIR=str(tmp_path / ".hotpath"))
@@ -102,6 +109,24 @@ def test_dev_stack_end_to_end(tmp_path):
         r.close()
         members = _session_members(proc.pid)
         assert len(members) >= 6, members  # supervisor, valkey, s3, milvus, api, 2 workers
+
+        # a dead application child is reported and restarted with backoff
+        api_pid = next(p for p in members if _cmdline(p)[-1:] == ["api"])
+        os.kill(api_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "api exited with code -9; restarting" not in err.read_text():
+            assert time.monotonic() < deadline, err.read_text()[-2000:]
+            time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "api was not restarted"
+            time.sleep(0.3)
+        assert api_pid not in _session_members(proc.pid)
     finally:
         elapsed = _stop(proc)
     assert elapsed < 10, f"stop took {elapsed:.1f}s"
