@@ -416,7 +416,10 @@ class CacheService:
                         near.put(key, user_id, role, nx_b is None, stored, gen)
                     return Result(role, S_HIT, max(0, (now - stored) // 1000)), nx_b is None
                 entry, status = await self.miss(self.members_spec(tenant, room_id), None)
-                return self._role_of(entry, status, user_id)
+                res, exists = self._role_of(entry, status, user_id)
+                if near is not None and status in (S_MISS, S_HIT):
+                    near.put(key, user_id, res.value, exists, entry.stored_ms, gen)
+                return res, exists
         entry, status = await self._bypass_load(self.members_spec(tenant, room_id))
         return self._role_of(entry, status, user_id)
 

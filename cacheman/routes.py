@@ -7,6 +7,7 @@ filled). Bodies are built with orjson from plain dicts; models.py documents them
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Annotated
 
 import orjson
@@ -134,7 +135,9 @@ async def _startup(app: FastAPI) -> None:
     keys = Keys(cfg.prefix)
     near = None
     if s.near_cache_enabled:
-        sub_client = aioredis.Redis.from_url(s.redis_url, socket_connect_timeout=s.redis_timeout_s, health_check_interval=5)
+        sub_client = aioredis.Redis.from_url(
+            s.redis_url, socket_connect_timeout=s.redis_timeout_s, health_check_interval=5, client_name=f"hp-nearcache-{os.getpid()}"
+        )
         near = NearCache(sub_client, keys.nearcache_channel(), ttl_s=s.near_cache_ttl_s, max_entries=s.near_cache_max_entries)
         app.state.near_client = sub_client
         await near.start()
