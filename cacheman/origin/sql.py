@@ -199,8 +199,14 @@ class SqlOrigin:
         schema: str | None = None,
         pool_size: int = 10,
         max_overflow: int = 10,
+        max_concurrency: int | None = None,
         name: str | None = None,
     ) -> None:
+        """`max_concurrency` (HOTPATH_ORIGIN_MAX_CONCURRENCY), when given, caps connections: a pool of
+        up to 10 kept open plus overflow connections up to the cap."""
+        if max_concurrency is not None:
+            pool_size = min(max_concurrency, 10)
+            max_overflow = max(0, max_concurrency - pool_size)
         u, self.schema = _split_url(url, schema)
         self.url = u.render_as_string(hide_password=True)
         self.name = name or f"sql:{u.get_backend_name()}"

@@ -187,3 +187,11 @@ def test_schema_file_has_every_table():
     for table in ("users", "rooms", "room_members", "read_states", "messages"):
         assert f"CREATE TABLE IF NOT EXISTS {table}" in ddl
     assert "--" not in ddl
+
+
+async def test_max_concurrency_caps_the_pool(tmp_path):
+    origin = SqlOrigin(f"sqlite+aiosqlite:///{tmp_path}/o.db", max_concurrency=25)
+    try:
+        assert origin.engine.pool.size() == 10 and origin.engine.pool._max_overflow == 15
+    finally:
+        await origin.aclose()
