@@ -1,0 +1,93 @@
+"""Stampede: 1,000 concurrent misses on one key, spread over TWO API processes (real uvicorn subprocesses on
+the same Redis), make exactly one origin call, counted at the origin (the dbman double's /_stats)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cacheman.auth import mint_token
+from cacheman.origin.sql import init_schema
+from tests.services import free_port, wait_port
+
+SECRET = "stampede-secret-0123456789-0123456789-0"
+T = "acme"
+
+
+def _spawn(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_port("127.0.0.1", port, timeout=30, proc=proc)
+    except (RuntimeError, TimeoutError) as exc:
+        proc.kill()
+        raise AssertionError(f"{args[:3]} did not start: {exc}; stderr: {proc.stderr.read().decode()[-2000:]}") from None
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture
+def stack(tmp_path, redis_url, key_prefix):
+    db = f"sqlite+aiosqlite:///{tmp_path / 'origin.db'}"
+    asyncio.run(init_schema(db, demo=True))
+    origin_port = free_port()
+    procs = [_spawn([sys.executable, "-m", "cacheman.origin.double", "--origin-url", db, "--port", str(origin_port)],
+                    dict(os.environ), origin_port)]
+    api_ports = [free_port(), free_port()]
+    hotpath = str(Path(sys.executable).with_name("hotpath"))
+    try:
+        for port in api_ports:
+            env = dict(
+                os.environ,
+                HOTPATH_REDIS_URL=redis_url,
+                HOTPATH_REDIS_PREFIX=key_prefix.rstrip(":"),
+                HOTPATH_ORIGIN_URL=f"http://127.0.0.1:{origin_port}",
+                HOTPATH_JWT_KEYS=json.dumps({"t1": SECRET}),
+                HOTPATH_RATE_LIMIT_PER_S="0",
+                HOTPATH_CACHE_LEASE_WAIT_S="5",
+                HOTPATH_CACHE_LEASE_TTL_MS="5000",
+                HOTPATH_LOG_LEVEL="WARNING",
+            )
+            procs.append(_spawn([hotpath, "api", "--port", str(port)], env, port))
+        yield f"http://127.0.0.1:{origin_port}", [f"http://127.0.0.1:{p}" for p in api_ports]
+    finally:
+        for p in procs:
+            _stop(p)
+
+
+async def test_1000_concurrent_misses_over_two_processes_make_one_origin_call(stack):
+    origin_url, apis = stack
+    headers = {"Authorization": "Bearer " + mint_token(SECRET, kid="t1", sub="chat", tenants=[T], scope="cache:read", ttl_s=600)}
+    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        # Warm each process's connections and token cache on another key, then make the origin slow so all
+        # 1,000 requests overlap one fill.
+        for api in apis:
+            assert (await client.get(f"{api}/v1/{T}/rooms/room-09", headers=headers)).status_code == 200
+        assert (await client.post(f"{origin_url}/_control", json={"delay_ms": 400})).status_code == 200
+        assert (await client.post(f"{origin_url}/_stats/reset")).status_code == 200
+
+        url = "/v1/{t}/rooms/room-01/members/user-001"
+        responses = await asyncio.gather(*(client.get(apis[i % 2] + url.format(t=T), headers=headers) for i in range(1000)))
+        stats = (await client.get(f"{origin_url}/_stats")).json()
+
+    codes = {r.status_code for r in responses}
+    assert len(codes) == 1 and codes <= {200, 404}, codes  # every caller got the same answer
+    assert {r.headers["x-cache"] for r in responses} <= {"miss", "hit"}
+    assert stats["calls"] == 1, stats
+    assert stats["by_op"].get("get_members") == 1, stats
