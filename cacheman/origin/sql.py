@@ -18,7 +18,8 @@ from typing import Any
 
 from sqlalchemy import DateTime, bindparam, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from cacheman.errors import OriginUnavailable
@@ -99,9 +100,11 @@ def _split_url(url: str | URL, schema: str | None) -> tuple[URL, str | None]:
     return u, schema
 
 
-def _make_engine(u: URL, schema: str | None, *, timeout_s: float, pool_size: int, max_overflow: int) -> AsyncEngine:
+def _make_engine(
+    u: URL, schema: str | None, *, timeout_s: float, pool_size: int, max_overflow: int, app_name: str = "hotpath"
+) -> AsyncEngine:
     if u.drivername == "postgresql+asyncpg":
-        server_settings = {"statement_timeout": str(max(1, int(timeout_s * 1000))), "application_name": "hotpath"}
+        server_settings = {"statement_timeout": str(max(1, int(timeout_s * 1000))), "application_name": app_name[:63]}
         if schema:
             server_settings["search_path"] = schema
         return create_async_engine(
@@ -211,17 +214,37 @@ class SqlOrigin:
         self.url = u.render_as_string(hide_password=True)
         self.name = name or f"sql:{u.get_backend_name()}"
         self.timeout_s = timeout_s
-        self.engine = _make_engine(u, self.schema, timeout_s=timeout_s, pool_size=pool_size, max_overflow=max_overflow)
+        self.engine = _make_engine(
+            u, self.schema, timeout_s=timeout_s, pool_size=pool_size, max_overflow=max_overflow,
+            app_name=f"hotpath {name}" if name else "hotpath",
+        )
 
     async def _run(self, op: str, stmt, params: dict) -> list:
+        """Run one read. Waiting for a pooled connection is bounded by the pool timeout, the statement by
+        `timeout_s` (PostgreSQL cancels it server-side first, which keeps the connection usable)."""
         start = time.perf_counter()
         outcome = "error"
         try:
-            async with asyncio.timeout(self.timeout_s):
-                async with self.engine.connect() as conn:
-                    rows = (await conn.execute(stmt, params)).all()
-            outcome = "ok"
-            return rows
+            for attempt in (1, 2):
+                try:
+                    async with self.engine.connect() as conn:
+                        async with asyncio.timeout(self.timeout_s + 0.25):
+                            rows = (await conn.execute(stmt, params)).all()
+                    outcome = "ok"
+                    return rows
+                except DBAPIError as exc:
+                    # A pooled connection died (the database restarted): SQLAlchemy has invalidated the
+                    # pool; reads are idempotent, so one retry on a fresh connection hides the restart.
+                    if attempt == 1 and exc.connection_invalidated:
+                        continue
+                    raise
+            raise AssertionError("unreachable")
+        except PoolTimeout as exc:
+            outcome = "timeout"
+            raise OriginUnavailable(
+                f"{self.name} {op}: no free database connection within {self.timeout_s}s "
+                "(raise HOTPATH_ORIGIN_MAX_CONCURRENCY or the database's capacity)"
+            ) from exc
         except TimeoutError as exc:
             outcome = "timeout"
             raise OriginUnavailable(

@@ -195,3 +195,26 @@ async def test_max_concurrency_caps_the_pool(tmp_path):
         assert origin.engine.pool.size() == 10 and origin.engine.pool._max_overflow == 15
     finally:
         await origin.aclose()
+
+
+async def test_dead_pooled_connections_are_replaced_without_an_error(pg_url, pg_schema):
+    # What a database restart does to a warm pool, done to this test's connections only.
+    import uuid
+
+    url = f"{pg_url}?schema={pg_schema}"
+    await init_schema(url, demo=True)
+    tag = f"hptest-{uuid.uuid4().hex[:8]}"
+    origin = SqlOrigin(url, timeout_s=5, pool_size=3, max_overflow=0, name=tag)
+    killer = SqlOrigin(url, timeout_s=5)
+    try:
+        await asyncio.gather(*[origin.get_member("acme", "room-01", "user-005") for _ in range(6)])
+        async with killer.engine.connect() as conn:
+            killed = (await conn.execute(
+                text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :a"),
+                {"a": f"hotpath {tag}"})).scalar_one()
+        assert killed >= 1
+        results = [await origin.get_room("acme", "room-01") for _ in range(5)]
+        assert all(r is not None for r in results)
+    finally:
+        await origin.aclose()
+        await killer.aclose()
