@@ -22,6 +22,7 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import Retry, func
+from redis.exceptions import RedisError
 
 from taskkit import metrics
 from taskkit.backpressure import AimdController, AimdPolicy
@@ -42,6 +43,8 @@ ARQ_MAX_TRIES = 1_000_000
 # Grace between taskkit's timeout and ARQ's, so taskkit's fires first.
 TIMEOUT_GRACE_S = 1.0
 DEFAULT_HEALTH_INTERVAL_S = 5.0
+# When Redis refuses to record a failure (retry or dead-letter), the attempt is re-run after this long.
+STORE_FAILURE_RETRY_S = 5.0
 
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -73,6 +76,8 @@ class Runtime:
         self._last_tick: tuple[float, int] = (time.monotonic(), 0)
         self._health_task: asyncio.Task[None] | None = None
         self._aimd: dict[str, AimdController] = {}
+        self._in_flight_gauge = metrics.IN_FLIGHT.labels(queue)
+        self._completed_counters = {name: metrics.COMPLETED.labels(queue, name) for name in specs}
 
     # --- per job ------------------------------------------------------------------------------------
     async def run(self, spec: TaskSpec, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -91,7 +96,7 @@ class Runtime:
             await self._dead(spec, exc, PERMANENT, "worker-lost", attempt - 1, common)
             raise exc
         self.in_flight += 1
-        metrics.IN_FLIGHT.labels(self.queue).inc()
+        self._in_flight_gauge.inc()
         try:
             async with asyncio.timeout(spec.timeout_s):
                 result = await spec.fn(ctx, *args, **kwargs)
@@ -99,24 +104,30 @@ class Runtime:
             raise  # worker shutdown (ARQ runs it again) or an explicit arq.Retry: ARQ's rules apply
         except Exception as exc:
             verdict = classify(exc, spec.classify)
-            if verdict.transient and not spec.retry.exhausted(attempt):
-                delay = spec.retry.delay(attempt, hint=verdict.retry_after)
-                await self.retries.schedule(attempt=attempt, exc=exc, kind=TRANSIENT, delay_s=delay, **common)
-                self.retried += 1
-                metrics.RETRIED.labels(self.queue, spec.name, error_class(exc)).inc()
-                raise Retry(defer=delay) from exc
-            reason = "exhausted" if verdict.transient else "permanent"
-            await self._dead(spec, exc, verdict.kind, reason, attempt, common)
+            try:
+                if verdict.transient and not spec.retry.exhausted(attempt):
+                    delay = spec.retry.delay(attempt, hint=verdict.retry_after)
+                    await self.retries.schedule(attempt=attempt, exc=exc, kind=TRANSIENT, delay_s=delay, **common)
+                    self.retried += 1
+                    metrics.RETRIED.labels(self.queue, spec.name, error_class(exc)).inc()
+                    raise Retry(defer=delay) from exc
+                reason = "exhausted" if verdict.transient else "permanent"
+                await self._dead(spec, exc, verdict.kind, reason, attempt, common)
+            except RedisError as store_exc:
+                # Could not record the failure: never let ARQ drop the job silently, run it again later.
+                log.error("job %s: cannot record its failure (%s); running it again in %.0fs", job_id, store_exc,
+                          STORE_FAILURE_RETRY_S)
+                raise Retry(defer=STORE_FAILURE_RETRY_S) from exc
             raise
         finally:
             self.in_flight -= 1
-            metrics.IN_FLIGHT.labels(self.queue).dec()
+            self._in_flight_gauge.dec()
         if attempt > 1:
             await self.retries.clear(self.queue, job_id)
         if key is not None:
             await mark_done(self.redis, self.keys, self.queue, key, job_id, self.idempotency_window_s)
         self.completed += 1
-        metrics.COMPLETED.labels(self.queue, spec.name).inc()
+        self._completed_counters[spec.name].inc()
         return result
 
     async def _dead(self, spec: TaskSpec, exc: BaseException, kind: str, reason: str, attempts: int,
