@@ -35,6 +35,15 @@ def make_redis(url: str, timeout_s: float) -> aioredis.Redis:
     )
 
 
+def origin_options(s) -> dict[str, Any]:
+    """The origin adapter's keyword arguments from ApiSettings (HTTP-only ones only for dbman)."""
+    opts: dict[str, Any] = {"timeout_s": s.origin_timeout_s, "max_concurrency": s.origin_max_concurrency}
+    if s.origin_url.startswith(("http://", "https://")):
+        opts |= {"retries": s.origin_retries, "breaker_failures": s.origin_breaker_failures,
+                 "breaker_window_s": s.origin_breaker_window_s, "breaker_open_s": s.origin_breaker_open_s}
+    return opts
+
+
 async def _check(name: str, coro, timeout_s: float) -> dict[str, Any]:
     try:
         await asyncio.wait_for(coro, timeout_s)
@@ -52,7 +61,7 @@ def create_app(settings, *, origin=None, redis_client=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.settings = settings
         app.state.redis = redis_client or make_redis(settings.redis_url, settings.redis_timeout_s)
-        app.state.origin = origin or open_origin(settings.origin_url, timeout_s=settings.origin_timeout_s)
+        app.state.origin = origin or open_origin(settings.origin_url, **origin_options(settings))
         startup = getattr(app.state, "on_startup", [])
         for fn in startup:
             await fn(app)

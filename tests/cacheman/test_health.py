@@ -118,3 +118,17 @@ async def test_queue_full_becomes_429_with_retry_after(redis_url, sqlite_origin_
     assert r.headers["retry-after"] == "3"
     body = r.json()
     assert body["error"] == "queue_full" and body["queue"] == "hotpath:index" and body["retry_after"] == 2.3
+
+
+def test_origin_settings_reach_the_adapter():
+    from cacheman.app import origin_options
+    from cacheman.origin.base import open_origin
+
+    s = ApiSettings(origin_url="http://a:1,http://b:2", origin_retries=4, origin_breaker_failures=9,
+                    origin_max_concurrency=7, origin_timeout_s=0.7)
+    origin = open_origin(s.origin_url, **origin_options(s))
+    assert len(origin.instances) == 2
+    assert (origin.retries, origin.max_concurrency, origin.timeout_s) == (4, 7, 0.7)
+    assert all(i.breaker.failure_threshold == 9 for i in origin.instances)
+    opts = origin_options(ApiSettings(origin_url="sqlite+aiosqlite:///x.db", origin_max_concurrency=3))
+    assert opts == {"timeout_s": 2.0, "max_concurrency": 3}
