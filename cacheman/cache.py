@@ -153,7 +153,20 @@ class CacheService:
             raise OriginUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc
 
     async def _bypass_load(self, spec: Spec) -> tuple[Entry, str]:
+        """Redis is down: the origin answers, one call per key per process at a time (single-flight),
+        and at most `bypass_concurrency` calls in flight."""
         m.BYPASS.labels(spec.entity).inc()
+        if not spec.key:
+            return await self._bypass_call(spec)
+        flight = "bypass|" + spec.key
+        fut = self._inflight.get(flight)
+        if fut is None:
+            fut = asyncio.ensure_future(self._bypass_call(spec))
+            self._inflight[flight] = fut
+            fut.add_done_callback(self._forget(flight))
+        return await asyncio.shield(fut)
+
+    async def _bypass_call(self, spec: Spec) -> tuple[Entry, str]:
         try:
             async with asyncio.timeout(self.cfg.bypass_wait_s):
                 await self._bypass.acquire()

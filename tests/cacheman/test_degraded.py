@@ -105,13 +105,19 @@ async def test_bypass_is_bounded_by_the_concurrency_limit():
     origin.add_room(T, "r1")
     origin.delay = 0.1
     cache, _ = make_cache(dead, origin, "hptest:bypass:", bypass_concurrency=3, bypass_wait_s=5.0)
-    results = await asyncio.gather(*(cache.room(T, "r1") for _ in range(15)))
+    for i in range(15):
+        origin.add_room(T, f"r{i}")
+    results = await asyncio.gather(*(cache.room(T, f"r{i}") for i in range(15)))
     assert {r.status for r in results} == {"bypass"}
     assert origin.max_in_flight == 3
+    # Concurrent requests for one key share one origin call even while Redis is down.
+    origin.calls.clear()
+    same = await asyncio.gather(*(cache.room(T, "r1") for _ in range(20)))
+    assert {r.status for r in same} == {"bypass"} and origin.calls["get_room"] == 1
     # With no room to wait, the excess is refused with 503 naming Redis rather than piling onto the origin.
     origin.max_in_flight = 0
     impatient, _ = make_cache(dead, origin, "hptest:bypass:", bypass_concurrency=2, bypass_wait_s=0.01)
-    outcomes = await asyncio.gather(*(impatient.room(T, "r1") for _ in range(10)), return_exceptions=True)
+    outcomes = await asyncio.gather(*(impatient.room(T, f"r{i}") for i in range(10)), return_exceptions=True)
     refused = [o for o in outcomes if isinstance(o, DependencyUnavailable)]
     assert refused and all(o.dependency == "redis" for o in refused)
     assert origin.max_in_flight <= 2

@@ -135,6 +135,19 @@ async def test_an_applied_event_is_visible_as_soon_as_its_post_returns(api):
     assert again.json()["results"][1]["result"] == "ignored"
 
 
+async def test_cache_metrics_are_exported(api):
+    h = token()
+    await api.get(f"/v1/{T}/rooms/room-05", headers=h)
+    await api.get(f"/v1/{T}/rooms/room-05", headers=h)
+    await api.post(f"/v1/{T}/events", headers=h, json={"events": [{"id": "e", "type": "room.updated", "room_id": "room-05"}]})
+    text = (await api.get("/metrics")).text
+    for name in ("hotpath_cache_hits_total", "hotpath_cache_misses_total", "hotpath_cache_stale_total",
+                 "hotpath_cache_bypass_total", "hotpath_cache_fills_total", "hotpath_cache_lease_waits_total",
+                 "hotpath_cache_invalidations_total", "hotpath_cache_events_total"):
+        assert name in text, name
+    assert 'hotpath_cache_events_total{result="applied",source="http",type="room.updated"}' in text
+
+
 ROUTES = [
     ("GET", "/v1/{t}/rooms/room-01", None),
     ("GET", "/v1/{t}/rooms/room-01/members", None),
