@@ -140,8 +140,11 @@ class StreamConsumer:
                     backoff = 0.1
             except (RedisError, OSError, DependencyUnavailable) as exc:
                 log.warning("events stream: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                # A bug must not silently stop the consumer: log it, keep the entries pending, try again.
+                log.exception("events stream: unexpected error; entries stay pending, retrying in %.1fs", backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name=f"events-stream-{self.consumer}")

@@ -7,6 +7,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
+from cacheman.cache import unread_count
 from cacheman.errors import DependencyUnavailable
 from cacheman.events import Event
 from cacheman.keys import Keys
@@ -163,6 +164,12 @@ async def test_events_when_redis_is_down_raise_dependency_unavailable():
         await events.apply(T, [Event(id="e", type="room.updated", room_id="r1")])
     assert info.value.dependency == "redis"
     await dead.aclose()
+
+
+def test_unread_formula_never_goes_negative():
+    assert unread_count(10, 4) == 6
+    assert unread_count(4, 10) == 0
+    assert unread_count(0, 0) == 0
 
 
 def test_keys_are_hash_tagged_per_entity():
