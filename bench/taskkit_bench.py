@@ -122,7 +122,7 @@ async def via_batcher(ctx, item: int) -> str:
 
 
 async def batching_run(url: str, prefix: str, n: int, batched: bool, blocking: bool,
-                       concurrency: int) -> tuple[float, Downstream]:
+                       concurrency: int, linger_s: float) -> tuple[float, Downstream]:
     redis = Redis.from_url(url)
     prod = Producer(redis, prefix=prefix, watermarks=Watermarks(high=10 * n, low=n))
     fn = via_batcher if batched else one_by_one
@@ -133,7 +133,7 @@ async def batching_run(url: str, prefix: str, n: int, batched: bool, blocking: b
 
     async def startup(ctx):
         ctx["downstream"] = down
-        ctx["batcher"] = Batcher(down, name="bench", max_items=64, linger_s=0.002)
+        ctx["batcher"] = Batcher(down, name="bench", max_items=64, linger_s=linger_s)
 
     cls = worker_settings(fn.taskkit.queue, [fn], redis_settings=RedisSettings.from_dsn(url), prefix=prefix,
                           concurrency=concurrency, poll_delay_s=0.01, on_startup=startup)
@@ -173,56 +173,68 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=10, help="ARQ max_jobs for the no-op runs")
     ap.add_argument("--batch-jobs", type=int, default=3000, help="jobs per batched run (unbatched: a third)")
     ap.add_argument("--batch-concurrency", type=int, default=64, help="ARQ max_jobs for the batching runs")
+    ap.add_argument("--part", choices=["a", "b", "all"], default="all", help="which benchmark to run")
+    ap.add_argument("--linger-ms", type=float, default=10.0, help="batcher linger time")
     args = ap.parse_args()
     root = f"bench:tk:{uuid.uuid4().hex[:8]}:"
     try:
         print(f"taskkit bench — redis {args.redis_url}, {args.repeats} repeats, medians")
-        print(f"(a) no-op: {args.jobs} jobs per run, max_jobs={args.concurrency}, burst worker in-process")
-        pe, pd, te, td, ratios = [], [], [], [], []
-        for r in range(args.repeats):
-            order = [False, True] if r % 2 == 0 else [True, False]
-            got = {}
-            for use_tk in order:
-                prefix = f"{root}a{r}{'t' if use_tk else 'p'}:"
-                fn = through_taskkit if use_tk else plain_arq
-                got[use_tk] = await fn(args.redis_url, prefix, args.jobs, args.concurrency)
-                await cleanup(args.redis_url, prefix)
-            pe.append(got[False][0])
-            pd.append(got[False][1])
-            te.append(got[True][0])
-            td.append(got[True][1])
-            ratios.append(got[True][1] / got[False][1])
-            print(f"  run {r + 1}: worker plain ARQ {got[False][1]:7.0f}/s  taskkit {got[True][1]:7.0f}/s  "
-                  f"ratio {ratios[-1]:.1%}   enqueue plain {got[False][0]:6.0f}/s  taskkit {got[True][0]:6.0f}/s")
-        print(f"  median worker throughput: plain ARQ {med(pd):.0f} jobs/s, taskkit {med(td):.0f} jobs/s, "
-              f"taskkit/ARQ = {med(ratios):.1%} (goal >= 90%)")
-        cp, ct = med(CPU["plain"]), med(CPU["taskkit"])
-        print(f"  median worker CPU per job (less sensitive to other load on the machine): plain ARQ {cp:.0f} µs, "
-              f"taskkit {ct:.0f} µs → CPU-bound throughput ratio {cp / ct:.1%}")
-        print(f"  median enqueue rate: ARQ enqueue_job {med(pe):.0f}/s, taskkit Producer.enqueue {med(te):.0f}/s "
-              f"= {med(te) / med(pe):.1%}")
-
-        nb = args.batch_jobs
-        nu = max(200, nb // 3)
-        print(f"(b) downstream 2 ms + 0.05 ms/item, one call at a time; max_jobs={args.batch_concurrency}, "
-              f"batcher max 64 items, linger 2 ms; {nb} jobs batched, {nu} unbatched per run")
-        for blocking in (False, True):
-            label = "in-process CPU model (blocks the loop)" if blocking else "remote service (async wait)"
-            ub, bt, rs, sizes = [], [], [], []
-            for r in range(args.repeats):
-                u, _ = await batching_run(args.redis_url, f"{root}b{r}u{int(blocking)}:", nu, False, blocking,
-                                          args.batch_concurrency)
-                b, down = await batching_run(args.redis_url, f"{root}b{r}b{int(blocking)}:", nb, True, blocking,
-                                             args.batch_concurrency)
-                await cleanup(args.redis_url, f"{root}b{r}")
-                ub.append(u)
-                bt.append(b)
-                rs.append(b / u)
-                sizes.append(down.items / down.calls)
-            print(f"  {label}: unbatched {med(ub):.0f} jobs/s, batched {med(bt):.0f} jobs/s "
-                  f"(mean batch {med(sizes):.1f} items) → {med(rs):.1f}x (goal >= 10x)")
+        if args.part in ("a", "all"):
+            await bench_noop(args, root)
+        if args.part in ("b", "all"):
+            await bench_batching(args, root)
     finally:
         await cleanup(args.redis_url, root)
+
+
+async def bench_noop(args: argparse.Namespace, root: str) -> None:
+    print(f"(a) no-op: {args.jobs} jobs per run, max_jobs={args.concurrency}, burst worker in-process")
+    pe, pd, te, td, ratios = [], [], [], [], []
+    for r in range(args.repeats):
+        order = [False, True] if r % 2 == 0 else [True, False]
+        got = {}
+        for use_tk in order:
+            prefix = f"{root}a{r}{'t' if use_tk else 'p'}:"
+            fn = through_taskkit if use_tk else plain_arq
+            got[use_tk] = await fn(args.redis_url, prefix, args.jobs, args.concurrency)
+            await cleanup(args.redis_url, prefix)
+        pe.append(got[False][0])
+        pd.append(got[False][1])
+        te.append(got[True][0])
+        td.append(got[True][1])
+        ratios.append(got[True][1] / got[False][1])
+        print(f"  run {r + 1}: worker plain ARQ {got[False][1]:7.0f}/s  taskkit {got[True][1]:7.0f}/s  "
+              f"ratio {ratios[-1]:.1%}   enqueue plain {got[False][0]:6.0f}/s  taskkit {got[True][0]:6.0f}/s")
+    print(f"  median worker throughput: plain ARQ {med(pd):.0f} jobs/s, taskkit {med(td):.0f} jobs/s, "
+          f"taskkit/ARQ = {med(ratios):.1%} (goal >= 90%)")
+    cp, ct = med(CPU["plain"]), med(CPU["taskkit"])
+    print(f"  median worker CPU per job (less sensitive to other load on the machine): plain ARQ {cp:.0f} µs, "
+          f"taskkit {ct:.0f} µs → CPU-bound throughput ratio {cp / ct:.1%}")
+    print(f"  median enqueue rate: ARQ enqueue_job {med(pe):.0f}/s, taskkit Producer.enqueue {med(te):.0f}/s "
+          f"= {med(te) / med(pe):.1%}")
+
+
+
+async def bench_batching(args: argparse.Namespace, root: str) -> None:
+    nb = args.batch_jobs
+    nu = max(200, nb // 3)
+    print(f"(b) downstream 2 ms + 0.05 ms/item, one call at a time; max_jobs={args.batch_concurrency}, "
+          f"batcher max 64 items, linger {args.linger_ms:g} ms; {nb} jobs batched, {nu} unbatched per run")
+    for blocking in (False, True):
+        label = "in-process CPU model (blocks the loop)" if blocking else "remote service (async wait)"
+        ub, bt, rs, sizes = [], [], [], []
+        for r in range(args.repeats):
+            u, _ = await batching_run(args.redis_url, f"{root}b{r}u{int(blocking)}:", nu, False, blocking,
+                                      args.batch_concurrency, args.linger_ms / 1000)
+            b, down = await batching_run(args.redis_url, f"{root}b{r}b{int(blocking)}:", nb, True, blocking,
+                                         args.batch_concurrency, args.linger_ms / 1000)
+            await cleanup(args.redis_url, f"{root}b{r}")
+            ub.append(u)
+            bt.append(b)
+            rs.append(b / u)
+            sizes.append(down.items / down.calls)
+        print(f"  {label}: unbatched {med(ub):.0f} jobs/s, batched {med(bt):.0f} jobs/s "
+              f"(mean batch {med(sizes):.1f} items) → {med(rs):.1f}x (goal >= 10x)")
 
 
 if __name__ == "__main__":
