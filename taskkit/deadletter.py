@@ -23,8 +23,8 @@ from taskkit.scripts import Scripts
 
 DeathHook = Callable[[JobRecord], Awaitable[None] | None]
 
-# A requeued job must start within this long, as ARQ's own default (1 day).
-REQUEUE_TTL_MS = 86_400_000
+# A requeued job must start within this long (as a fresh enqueue: 7 days).
+REQUEUE_TTL_MS = 7 * 86_400_000
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from taskkit.keys import DEFAULT_PREFIX, Keys
 from taskkit.scripts import Scripts
 from taskkit.tasks import TaskSpec, spec_of
 
-DEFAULT_JOB_TTL_S = 86400.0
+# A queued job not started within this long expires (ARQ: "job expired"); ARQ itself uses 1 day.
+DEFAULT_JOB_TTL_S = 7 * 86400.0
 _STATES = {1: "created", 0: "queued", 2: "recent"}
 
 

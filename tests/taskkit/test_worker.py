@@ -166,10 +166,11 @@ def ins_filter(*ids):
 
 
 async def test_retry_more_than_a_day_ahead_keeps_its_keys(redis, redis_url, tk_prefix):
-    prod = Producer(redis, prefix=tk_prefix)
+    prod = Producer(redis, prefix=tk_prefix, job_ttl_s=3600)  # job key starts with a 1 h TTL
     ins = Inspector(redis, prefix=tk_prefix)
     k = Keys(tk_prefix)
     job = await prod.enqueue(far_retry)
+    assert await redis.pttl(k.job(job.job_id)) <= 3600_000
     async with running_worker(settings(redis_url, tk_prefix)):
         await wait_until(lambda: ins.count("retry"), within=5)
         await asyncio.sleep(0.2)  # let ARQ finish its bookkeeping of the attempt
@@ -177,7 +178,7 @@ async def test_retry_more_than_a_day_ahead_keeps_its_keys(redis, redis_url, tk_p
     now_ms = time.time() * 1000
     score = await redis.zscore(k.arq_queue(Q), job.job_id)
     assert score is not None and score >= now_ms + two_days_ms - 60_000
-    # ARQ gave the job key 1 day at enqueue and the try counter 88,400 s; both now outlive the retry.
+    # The job key had 1 h and ARQ's try counter 88,400 s; both now outlive the retry.
     assert await redis.pttl(k.job(job.job_id)) > two_days_ms
     assert await redis.pttl(k.arq_retry(job.job_id)) > two_days_ms
     assert int(await redis.get(k.arq_retry(job.job_id))) == 1
