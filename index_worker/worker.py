@@ -1,4 +1,4 @@
-"""The index worker process: an ARQ worker on the `hotpath:index` queue.
+"""The index worker process: a taskkit (ARQ) worker on the `index` queue.
 
 Runnable as `hotpath worker index` or `arq index_worker.worker.WorkerSettings` (the latter reads the
 same HOTPATH_* settings at import). On start it checks that Milvus answers, so a wrong
@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from arq.connections import RedisSettings
 from arq.worker import run_worker
 
+from taskkit import task
+from taskkit.worker import redis_settings_from_url, worker_settings
+
 log = logging.getLogger("index_worker")
-QUEUE = "hotpath:index"
+QUEUE = "index"
 
 
+@task(queue=QUEUE, timeout=5)
 async def ping(ctx) -> str:
-    """Liveness probe task: `enqueue_job('ping', _queue_name='hotpath:index')` answers 'pong'."""
+    """Liveness probe task: enqueue `ping` on the `index` queue; the answer is 'pong'."""
     return "pong"
 
 
@@ -40,23 +43,21 @@ async def _check_milvus(uri: str, timeout_s: float) -> None:
 
 
 def build_worker_settings(settings) -> type:
-    """An ARQ WorkerSettings class for these settings."""
+    """The ARQ WorkerSettings class of the index queue (taskkit: retries, dead letters, health record)."""
 
     async def startup(ctx) -> None:
         ctx["settings"] = settings
         await _check_milvus(settings.milvus_uri, settings.milvus_timeout_s)
 
-    class WorkerSettings:
-        functions = [ping]
-        queue_name = QUEUE
-        redis_settings = RedisSettings.from_dsn(settings.redis_url)
-        max_jobs = settings.index_concurrency
-        on_startup = startup
-        handle_signals = True
-        job_completion_wait = 8
-
-    WorkerSettings.redis_settings.conn_timeout = int(max(1, settings.redis_timeout_s))
-    return WorkerSettings
+    return worker_settings(
+        QUEUE,
+        [ping],
+        redis_settings=redis_settings_from_url(settings.redis_url, conn_timeout=int(max(1, settings.redis_timeout_s))),
+        concurrency=settings.index_concurrency,
+        prefix=settings.taskkit_prefix,
+        on_startup=startup,
+        extra={"handle_signals": True, "job_completion_wait": 8},
+    )
 
 
 def run(settings) -> None:

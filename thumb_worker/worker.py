@@ -1,4 +1,4 @@
-"""The thumbnail worker process: an ARQ worker on the `hotpath:thumb` queue.
+"""The thumbnail worker process: a taskkit (ARQ) worker on the `thumb` queue.
 
 Runnable as `hotpath worker thumb` or `arq thumb_worker.worker.WorkerSettings`. On start it checks
 that object storage answers and the uploads bucket exists, naming the setting to fix if not.
@@ -10,15 +10,18 @@ import asyncio
 import logging
 from urllib.parse import urlparse
 
-from arq.connections import RedisSettings
 from arq.worker import run_worker
 
+from taskkit import task
+from taskkit.worker import redis_settings_from_url, worker_settings
+
 log = logging.getLogger("thumb_worker")
-QUEUE = "hotpath:thumb"
+QUEUE = "thumb"
 
 
+@task(queue=QUEUE, timeout=5)
 async def ping(ctx) -> str:
-    """Liveness probe task: `enqueue_job('ping', _queue_name='hotpath:thumb')` answers 'pong'."""
+    """Liveness probe task: enqueue `ping` on the `thumb` queue; the answer is 'pong'."""
     return "pong"
 
 
@@ -51,16 +54,15 @@ def build_worker_settings(settings) -> type:
         ctx["settings"] = settings
         await _check_storage(settings)
 
-    class WorkerSettings:
-        functions = [ping]
-        queue_name = QUEUE
-        redis_settings = RedisSettings.from_dsn(settings.redis_url)
-        max_jobs = settings.thumb_concurrency
-        on_startup = startup
-        handle_signals = True
-        job_completion_wait = 8
-
-    return WorkerSettings
+    return worker_settings(
+        QUEUE,
+        [ping],
+        redis_settings=redis_settings_from_url(settings.redis_url, conn_timeout=int(max(1, settings.redis_timeout_s))),
+        concurrency=settings.thumb_concurrency,
+        prefix=settings.taskkit_prefix,
+        on_startup=startup,
+        extra={"handle_signals": True, "job_completion_wait": 8},
+    )
 
 
 def run(settings) -> None:
