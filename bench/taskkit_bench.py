@@ -104,7 +104,7 @@ class Downstream:
         self.calls += 1
         self.items += len(items)
         if self.blocking:
-            time.sleep(cost)  # noqa: ASYNC251 — deliberately blocks: it models a CPU-bound call
+            time.sleep(cost)  # deliberately blocks the loop: it models a CPU-bound call
         else:
             async with self.lock:
                 await asyncio.sleep(cost)
@@ -112,22 +112,25 @@ class Downstream:
 
 
 @task(queue="unbatched")
-async def one_by_one(ctx, item: int) -> str:
-    return (await ctx["downstream"]([item]))[0]
+async def one_by_one(ctx, items: list[int]) -> list[str]:
+    """Unbatched: one downstream call per item."""
+    return [(await ctx["downstream"]([i]))[0] for i in items]
 
 
 @task(queue="batched")
-async def via_batcher(ctx, item: int) -> str:
-    return await ctx["batcher"].submit(item)
+async def via_batcher(ctx, items: list[int]) -> list[str]:
+    """Batched: every item goes through the worker's Batcher and gets its own result."""
+    return list(await asyncio.gather(*(ctx["batcher"].submit(i) for i in items)))
 
 
 async def batching_run(url: str, prefix: str, n: int, batched: bool, blocking: bool,
-                       concurrency: int, linger_s: float) -> tuple[float, Downstream]:
+                       concurrency: int, linger_s: float, per_job: int = 1) -> tuple[float, Downstream]:
+    """Drain n items (n / per_job jobs); returns items/s and the downstream's call log."""
     redis = Redis.from_url(url)
     prod = Producer(redis, prefix=prefix, watermarks=Watermarks(high=10 * n, low=n))
     fn = via_batcher if batched else one_by_one
-    for i in range(n):
-        await prod.enqueue(fn, i)
+    for i in range(0, n, per_job):
+        await prod.enqueue(fn, list(range(i, min(n, i + per_job))))
     await redis.aclose()
     down = Downstream(blocking)
 
@@ -139,7 +142,7 @@ async def batching_run(url: str, prefix: str, n: int, batched: bool, blocking: b
                           concurrency=concurrency, poll_delay_s=0.01, on_startup=startup)
     w = create_worker(cls, burst=True, handle_signals=False)
     dt = await _drain(w)
-    assert w.jobs_complete == n and down.items == n, (w.jobs_complete, down.items)
+    assert w.jobs_complete == -(-n // per_job) and down.items == n, (w.jobs_complete, down.items)
     return n / dt, down
 
 
@@ -174,6 +177,7 @@ async def main() -> None:
     ap.add_argument("--batch-jobs", type=int, default=3000, help="jobs per batched run (unbatched: a third)")
     ap.add_argument("--batch-concurrency", type=int, default=64, help="ARQ max_jobs for the batching runs")
     ap.add_argument("--part", choices=["a", "b", "all"], default="all", help="which benchmark to run")
+    ap.add_argument("--items-per-job", type=int, default=16, help="extra run (b') with multi-item jobs; 1 = skip")
     ap.add_argument("--linger-ms", type=float, default=10.0, help="batcher linger time")
     args = ap.parse_args()
     root = f"bench:tk:{uuid.uuid4().hex[:8]}:"
@@ -235,6 +239,22 @@ async def bench_batching(args: argparse.Namespace, root: str) -> None:
             sizes.append(down.items / down.calls)
         print(f"  {label}: unbatched {med(ub):.0f} jobs/s, batched {med(bt):.0f} jobs/s "
               f"(mean batch {med(sizes):.1f} items) → {med(rs):.1f}x (goal >= 10x)")
+    k = args.items_per_job
+    if k > 1:
+        print(f"(b') the same with {k} items per job (remote-service downstream), in items/s")
+        ub, bt, rs, sizes = [], [], [], []
+        for r in range(args.repeats):
+            u, _ = await batching_run(args.redis_url, f"{root}c{r}u:", nu, False, False,
+                                      args.batch_concurrency, args.linger_ms / 1000, k)
+            b, down = await batching_run(args.redis_url, f"{root}c{r}b:", nb * 2, True, False,
+                                         args.batch_concurrency, args.linger_ms / 1000, k)
+            await cleanup(args.redis_url, f"{root}c{r}")
+            ub.append(u)
+            bt.append(b)
+            rs.append(b / u)
+            sizes.append(down.items / down.calls)
+        print(f"  unbatched {med(ub):.0f} items/s, batched {med(bt):.0f} items/s "
+              f"(mean batch {med(sizes):.1f} items) → {med(rs):.1f}x")
 
 
 if __name__ == "__main__":

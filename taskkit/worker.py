@@ -76,27 +76,30 @@ class Runtime:
         self._last_tick: tuple[float, int] = (time.monotonic(), 0)
         self._health_task: asyncio.Task[None] | None = None
         self._aimd: dict[str, AimdController] = {}
-        self._in_flight_gauge = metrics.IN_FLIGHT.labels(queue)
+        metrics.IN_FLIGHT.labels(queue).set_function(lambda: self.in_flight)  # read at scrape time
         self._completed_counters = {name: metrics.COMPLETED.labels(queue, name) for name in specs}
 
     # --- per job ------------------------------------------------------------------------------------
+    def _job_fields(self, spec: TaskSpec, ctx: dict[str, Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What the retry and dead-letter records need about a job (built only when it failed)."""
+        enqueued = ctx.get("enqueue_time")
+        return dict(queue=self.queue, job_id=ctx["job_id"], task=spec.name, args=args, kwargs=kwargs,
+                    enqueued_ms=int(enqueued.timestamp() * 1000) if enqueued else 0,
+                    idempotency_key=key_for(spec.idempotency_key, args, kwargs))
+
     async def run(self, spec: TaskSpec, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        job_id: str = ctx["job_id"]
+        # The success path of a first attempt makes no Redis call of its own: that is what keeps a
+        # no-op job within a few percent of plain ARQ.
         attempt: int = ctx["job_try"]
         ctx["attempt"] = attempt
-        enqueued = ctx.get("enqueue_time")
-        enqueued_ms = int(enqueued.timestamp() * 1000) if enqueued else 0
-        key = key_for(spec.idempotency_key, args, kwargs)
-        common = dict(queue=self.queue, job_id=job_id, task=spec.name, args=args, kwargs=kwargs,
-                      enqueued_ms=enqueued_ms, idempotency_key=key)
         if attempt > spec.retry.max_attempts:
             # Only reachable when earlier attempts ended with the worker killed or stopped mid-job.
             exc = WorkerLost(f"attempt {attempt} of {spec.retry.max_attempts}: earlier attempts ended "
                              "with the worker dying or stopping while the job ran")
-            await self._dead(spec, exc, PERMANENT, "worker-lost", attempt - 1, common)
+            await self._dead(spec, exc, PERMANENT, "worker-lost", attempt - 1, self._job_fields(spec, ctx, args, kwargs))
             raise exc
         self.in_flight += 1
-        self._in_flight_gauge.inc()
         try:
             async with asyncio.timeout(spec.timeout_s):
                 result = await spec.fn(ctx, *args, **kwargs)
@@ -104,6 +107,7 @@ class Runtime:
             raise  # worker shutdown (ARQ runs it again) or an explicit arq.Retry: ARQ's rules apply
         except Exception as exc:
             verdict = classify(exc, spec.classify)
+            common = self._job_fields(spec, ctx, args, kwargs)
             try:
                 if verdict.transient and not spec.retry.exhausted(attempt):
                     delay = spec.retry.delay(attempt, hint=verdict.retry_after)
@@ -115,17 +119,18 @@ class Runtime:
                 await self._dead(spec, exc, verdict.kind, reason, attempt, common)
             except RedisError as store_exc:
                 # Could not record the failure: never let ARQ drop the job silently, run it again later.
-                log.error("job %s: cannot record its failure (%s); running it again in %.0fs", job_id, store_exc,
-                          STORE_FAILURE_RETRY_S)
+                log.error("job %s: cannot record its failure (%s); running it again in %.0fs", ctx["job_id"],
+                          store_exc, STORE_FAILURE_RETRY_S)
                 raise Retry(defer=STORE_FAILURE_RETRY_S) from exc
             raise
         finally:
             self.in_flight -= 1
-            self._in_flight_gauge.dec()
         if attempt > 1:
-            await self.retries.clear(self.queue, job_id)
-        if key is not None:
-            await mark_done(self.redis, self.keys, self.queue, key, job_id, self.idempotency_window_s)
+            await self.retries.clear(self.queue, ctx["job_id"])
+        if spec.idempotency_key is not None:
+            key = key_for(spec.idempotency_key, args, kwargs)
+            if key is not None:
+                await mark_done(self.redis, self.keys, self.queue, key, ctx["job_id"], self.idempotency_window_s)
         self.completed += 1
         self._completed_counters[spec.name].inc()
         return result
