@@ -27,7 +27,7 @@ F_NOTFOUND = "#nx"  # negative entry: the room does not exist
 
 def valid_id(value: str) -> bool:
     """True when `value` matches ID_PATTERN."""
-    return bool(ID_RE.match(value))
+    return bool(ID_RE.fullmatch(value))  # fullmatch: `$` alone would accept a trailing newline
 
 
 class Keys:

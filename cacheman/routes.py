@@ -13,13 +13,14 @@ from typing import Annotated
 import orjson
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.middleware import Middleware
 
 from cacheman.auth import require
 from cacheman.cache import CacheConfig, CacheService, Result
 from cacheman.events import EventApplier
-from cacheman.keys import ID_MAX_LEN, ID_PATTERN, MAX_BATCH, Keys
+from cacheman.keys import ID_MAX_LEN, ID_PATTERN, ID_RE, MAX_BATCH, Keys
 from cacheman.models import (
     ErrorOut,
     EventsIn,
@@ -55,6 +56,22 @@ _ERRORS = {
     503: {"model": ErrorOut, "description": "a dependency (redis, origin) is down and nothing cached can answer"},
 }
 _NOT_FOUND = {404: {"model": ErrorOut, "description": "not found (also cached, briefly)", "headers": _CACHE_HEADERS}}
+
+
+def _path_param(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "description": f"{name.split('_')[0].title()} id. " + _ID_DOC,
+            "schema": {"type": "string", "pattern": ID_PATTERN, "maxLength": ID_MAX_LEN, "title": name.replace("_", " ").title()}}
+
+
+def _ids(**ids: str) -> tuple[str, ...]:
+    """The ids, or the 422 FastAPI itself would answer for a pattern mismatch."""
+    bad = [name for name, value in ids.items() if not ID_RE.fullmatch(value)]
+    if bad:
+        raise RequestValidationError([
+            {"type": "string_pattern_mismatch", "loc": ("path", name), "msg": f"String should match pattern '{ID_PATTERN}'",
+             "input": ids[name], "ctx": {"pattern": ID_PATTERN}} for name in bad
+        ])
+    return tuple(ids.values())
 
 
 def _json(body, status: str, age: int, code: int = 200) -> Response:
@@ -184,8 +201,13 @@ def build_router() -> APIRouter:
 
     @router.get("/rooms/{room_id}/members/{user_id}", dependencies=READ, response_model=MembershipOut,
                 responses={200: _ok(MembershipOut), **_NOT_FOUND},
+                openapi_extra={"parameters": [_path_param("tenant"), _path_param("room_id"), _path_param("user_id")]},
                 summary="Membership check: 200 with the role, 404 when not a member (or no such room).")
-    async def get_membership(tenant: Tenant, room_id: RoomId, user_id: UserId, request: Request) -> Response:
+    async def get_membership(request: Request) -> Response:
+        # The hottest call: ids are checked with one precompiled regex instead of FastAPI's per-parameter
+        # validation (same 422 shape), which is a sixth of this route's CPU time on a near-cache hit.
+        p = request.path_params
+        tenant, room_id, user_id = _ids(tenant=p["tenant"], room_id=p["room_id"], user_id=p["user_id"])
         res, exists = await _cache(request).member_role(tenant, room_id, user_id)
         if res.value is None:
             if not exists:

@@ -178,7 +178,8 @@ async def test_events_need_the_write_scope(api):
 
 @pytest.mark.parametrize("path", [
     "/v1/{t}/rooms/bad%20id", "/v1/{t}/rooms/" + "x" * 65, "/v1/{t}/rooms/-leading-dash",
-    "/v1/{t}/rooms/r1/members/u%7Bbrace%7D", "/v1/{t}/users/%F0%9F%98%80/unread",
+    "/v1/{t}/rooms/r1/members/u%7Bbrace%7D", "/v1/{t}/users/%F0%9F%98%80/unread", "/v1/{t}/rooms/r1/members/u1%0A",
+    "/v1/{t}/rooms/r1%0A/members/u1", "/v1/{t}/rooms/r1/members/" + "u" * 65, "/v1/{t}/rooms/r1%0A",
 ])
 async def test_invalid_ids_are_422_with_the_pattern(api, path):
     res = await api.get(path.format(t=T), headers=token())
