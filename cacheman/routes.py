@@ -166,6 +166,7 @@ async def _startup(app: FastAPI) -> None:
         consumer = StreamConsumer(
             app.state.redis, app.state.events, stream=s.events_stream, group=s.events_stream_group,
             consumer=s.events_stream_consumer, claim_idle_ms=s.events_stream_claim_idle_ms,
+            block_ms=max(10, min(500, int(s.redis_timeout_s * 500))),  # a blocked read must end before the socket timeout
         )
         consumer.start()
         app.state.stream_consumer = consumer
