@@ -11,6 +11,7 @@ import time
 import pytest
 
 from cacheman import metrics as m
+from cacheman.errors import OriginUnavailable
 from cacheman.events import Event
 from cacheman.keys import Keys
 from cacheman.leases import jittered_ttl_ms
@@ -252,3 +253,40 @@ async def test_batches_use_one_origin_call_for_all_misses(redis, key_prefix):
     assert origin.calls["get_rooms"] == 1
     rows, status = await cache.memberships_batch(T, [("r1", "u1"), ("r1", "u2"), ("r2", "u1")])
     assert [(r, u, role) for r, u, role, _ in rows] == [("r1", "u1", "member"), ("r1", "u2", None), ("r2", "u1", "member")]
+
+
+async def test_a_membership_hit_is_one_redis_command(redis, key_prefix, monkeypatch):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", members={"u1": "admin"})
+    cache, _ = make_cache(redis, origin, key_prefix)
+    await cache.member_role(T, "r1", "u1")  # fill
+    sent: list[tuple] = []
+    real = redis.execute_command
+
+    async def counting(*args, **kwargs):
+        sent.append(args[:2])
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(redis, "execute_command", counting)
+    for user in ("u1", "someone-else"):
+        sent.clear()
+        res, _ = await cache.member_role(T, "r1", user)
+        assert res.status == "hit"
+        assert sent == [("HMGET", Keys(key_prefix).members(T, "r1"))]
+
+
+async def test_stale_if_error_never_serves_a_value_an_applied_event_replaced(redis, key_prefix):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", name="old", members={"u1": "admin"})
+    cache, events = make_cache(redis, origin, key_prefix, ttl_s=0.1, ttl_jitter=0.0)
+    await cache.room(T, "r1")
+    await cache.member_role(T, "r1", "u1")
+    await asyncio.sleep(0.15)
+    origin.down = True
+    assert (await cache.room(T, "r1")).status == "stale"  # expired, origin down: the old copy, flagged
+    await events.apply(T, [Event(id="e1", type="room.updated", room_id="r1"),
+                           Event(id="e2", type="member.removed", room_id="r1", user_id="u1")])
+    with pytest.raises(OriginUnavailable, match="nothing cached"):
+        await cache.room(T, "r1")  # the event removed it: 503, not the replaced value
+    with pytest.raises(OriginUnavailable):
+        await cache.member_role(T, "r1", "u1")
