@@ -3,7 +3,8 @@
 Three states are covered, by two mechanisms. Queued or retrying: the job id is derived from the key
 (`<prefix><queue>:k:<key>`), so the ARQ job key itself is the marker and lives exactly as long as the
 job (its TTL is raised on every retry). Recently done: a marker `idem:<queue>:<key>` set at enqueue and
-refreshed when the job succeeds, for `window_s` (a setting of its own, not ARQ's keep_result).
+refreshed when the job succeeds, for `window_s` (a setting of its own, not ARQ's keep_result). The
+worker reads the key back from the job id, so an explicit `_idempotency_key=` works the same way.
 A dead-lettered job's marker is deleted, so a producer may submit the same work again.
 """
 
@@ -42,6 +43,6 @@ def key_for(func: KeyFunc | None, args: tuple[Any, ...], kwargs: dict[str, Any])
     return None if key is None else str(key)
 
 
-async def mark_done(redis: Any, keys: Keys, queue: str, key: str, job_id: str, window_s: float) -> None:
-    """Start the "recently done" window of a key now that its job succeeded."""
-    await redis.set(keys.idempotency(queue, key), job_id, px=max(1, int(window_s * 1000)))
+async def mark_done(redis: Any, keys: Keys, queue: str, token: str, job_id: str, window_s: float) -> None:
+    """Start the "recently done" window of an idempotency token now that its job succeeded."""
+    await redis.set(keys.idempotency(queue, token), job_id, px=max(1, int(window_s * 1000)))

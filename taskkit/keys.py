@@ -35,11 +35,21 @@ class Keys:
     def new_job_id(self, queue: str) -> str:
         return f"{self.prefix}{queue}:{uuid.uuid4().hex}"
 
+    @staticmethod
+    def idem_token(key: str) -> str:
+        """An idempotency key as stored in job ids and marker keys: itself, or a hash when long."""
+        if len(key) > _MAX_KEY_IN_ID:
+            return "h:" + hashlib.sha1(key.encode()).hexdigest()
+        return key
+
     def idempotent_job_id(self, queue: str, key: str) -> str:
         """A job id derived from an idempotency key, so ARQ's own job-id dedup covers queued/retrying jobs."""
-        if len(key) > _MAX_KEY_IN_ID:
-            key = "h:" + hashlib.sha1(key.encode()).hexdigest()
-        return f"{self.prefix}{queue}:k:{key}"
+        return f"{self.prefix}{queue}:k:{self.idem_token(key)}"
+
+    def idem_token_of_job(self, queue: str, job_id: str) -> str | None:
+        """The idempotency token a job id carries (None for a job enqueued without a key)."""
+        head = f"{self.prefix}{queue}:k:"
+        return job_id[len(head):] if job_id.startswith(head) else None
 
     @staticmethod
     def job(job_id: str) -> str:
@@ -80,8 +90,9 @@ class Keys:
     def dlq_record(self, queue: str, job_id: str) -> str:
         return self.dlq_record_prefix(queue) + job_id
 
-    def idempotency(self, queue: str, key: str) -> str:
-        return f"{self.prefix}idem:{queue}:{key}"
+    def idempotency(self, queue: str, token: str) -> str:
+        """The "recently done" marker of an idempotency token (see `idem_token`)."""
+        return f"{self.prefix}idem:{queue}:{token}"
 
     def backpressure(self, queue: str) -> str:
         """Hash: `closed` (hysteresis state), `rate` (jobs/s drained by live workers)."""

@@ -79,6 +79,7 @@ class Producer:
             name, queue, key_func = spec.name, _queue or spec.queue, spec.idempotency_key
         key = _idempotency_key if _idempotency_key is not None else key_for(key_func, args, kwargs)
         k = self.keys
+        token = k.idem_token(key) if key else None
         job_id = k.idempotent_job_id(queue, key) if key else k.new_job_id(queue)
         now = int(time.time() * 1000)
         score = now + int(_defer_s * 1000)
@@ -86,7 +87,7 @@ class Producer:
         wm = self.watermarks(queue)
         status, existing, ra_ms, depth, age_ms = await self._scripts.enqueue(
             keys=[k.arq_queue(queue), k.job(job_id), k.result(job_id),
-                  k.idempotency(queue, key or "-"), k.backpressure(queue), k.queues, k.stats(queue)],
+                  k.idempotency(queue, token or "-"), k.backpressure(queue), k.queues, k.stats(queue)],
             args=[job_id, job, score, int(self.job_ttl_s * 1000) + (score - now),
                   int(self.idempotency_window_s * 1000) if key else 0,
                   wm.high, wm.low, int(wm.max_age_s * 1000), now, queue,

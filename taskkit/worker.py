@@ -28,7 +28,7 @@ from taskkit import metrics
 from taskkit.backpressure import AimdController, AimdPolicy
 from taskkit.deadletter import DeadLetterPolicy, DeadLetterQueue, DeathHook
 from taskkit.errors import WorkerLost
-from taskkit.idempotency import DEFAULT_WINDOW_S, key_for, mark_done
+from taskkit.idempotency import DEFAULT_WINDOW_S, mark_done
 from taskkit.keys import DEFAULT_PREFIX, Keys
 from taskkit.retry import PERMANENT, TRANSIENT, classify, error_class
 from taskkit.retryqueue import RetryQueue
@@ -86,7 +86,7 @@ class Runtime:
         enqueued = ctx.get("enqueue_time")
         return dict(queue=self.queue, job_id=ctx["job_id"], task=spec.name, args=args, kwargs=kwargs,
                     enqueued_ms=int(enqueued.timestamp() * 1000) if enqueued else 0,
-                    idempotency_key=key_for(spec.idempotency_key, args, kwargs))
+                    idempotency_key=self.keys.idem_token_of_job(self.queue, ctx["job_id"]))
 
     async def run(self, spec: TaskSpec, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # The success path of a first attempt makes no Redis call of its own: that is what keeps a
@@ -127,10 +127,9 @@ class Runtime:
             self.in_flight -= 1
         if attempt > 1:
             await self.retries.clear(self.queue, ctx["job_id"])
-        if spec.idempotency_key is not None:
-            key = key_for(spec.idempotency_key, args, kwargs)
-            if key is not None:
-                await mark_done(self.redis, self.keys, self.queue, key, ctx["job_id"], self.idempotency_window_s)
+        token = self.keys.idem_token_of_job(self.queue, ctx["job_id"])
+        if token is not None:  # enqueued with an idempotency key: start its "recently done" window
+            await mark_done(self.redis, self.keys, self.queue, token, ctx["job_id"], self.idempotency_window_s)
         self.completed += 1
         self._completed_counters[spec.name].inc()
         return result

@@ -233,3 +233,19 @@ async def test_death_hook_and_dlq_bounds(redis, redis_url, tk_prefix):
     await asyncio.sleep(0.01)
     assert await dlq.trim(Q) == 3 and await ins.count("dead") == 0
     assert not [k async for k in redis.scan_iter(match=Keys(tk_prefix).dlq_record_prefix(Q) + "*")]
+
+
+async def test_explicit_long_idempotency_key_and_death_frees_the_key(redis, redis_url, tk_prefix):
+    prod = Producer(redis, prefix=tk_prefix)
+    long_key = "upload:" + "x" * 200  # stored hashed in the job id and marker
+    a = await prod.enqueue("flaky", 0, _queue=Q, _idempotency_key=long_key)
+    assert a.created and len(a.job_id) < 120
+    dead = await prod.enqueue(broken, {"id": "p"}, _idempotency_key="doc-p")
+    async with running_worker(settings(redis_url, tk_prefix)):
+        await wait_until(lambda: _result(redis, a.job_id), within=5)
+        await wait_until(lambda: _result(redis, dead.job_id), within=5)
+        again = await prod.enqueue("flaky", 0, _queue=Q, _idempotency_key=long_key)
+        assert not again.created and again.state == "recent" and again.job_id == a.job_id
+        # a dead-lettered job does not block the same work being submitted again
+        retry = await prod.enqueue(broken, {"id": "p"}, _idempotency_key="doc-p")
+        assert retry.created and retry.job_id == dead.job_id
