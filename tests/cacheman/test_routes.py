@@ -236,3 +236,53 @@ def test_openapi_documents_every_route_with_its_headers():
     assert "X-Cache" in get_room["responses"]["200"]["headers"]
     params = {p["name"]: p for p in get_room["parameters"]}
     assert params["room_id"]["schema"]["pattern"].startswith("^[A-Za-z0-9]")
+
+
+async def test_the_membership_fast_path_answers_exactly_like_the_route(redis_url, key_prefix):
+    """MembershipFastPath skips FastAPI's routing and dependency solving; status, body and headers must be
+    those of the FastAPI route for every outcome: hit, not a member, no room, 401, 403, 422, 503."""
+    from cacheman.routes import MembershipFastPath
+    from tests.cacheman.cache_fakes import FakeOrigin
+
+    origin = FakeOrigin()
+    origin.add_room(T, "room-06", members={"user-001": "owner", "user-002": "member"})
+
+    def build(prefix: str):
+        settings = ApiSettings(redis_url=redis_url, redis_prefix=prefix, jwt_keys={"t1": SECRET},
+                               rate_limit_per_s=100_000, rate_limit_burst=100_000)
+        return create_app(settings, origin=origin)
+
+    fast, slow = build(key_prefix + "fast"), build(key_prefix + "slow")
+    slow.user_middleware[:] = [mw for mw in slow.user_middleware if mw.cls is not MembershipFastPath]
+    assert any(mw.cls is MembershipFastPath for mw in fast.user_middleware)
+    cases = [
+        (f"/v1/{T}/rooms/room-06/members/user-001", token()),
+        (f"/v1/{T}/rooms/room-06/members/nobody", token()),
+        (f"/v1/{T}/rooms/room-404/members/nobody", token()),
+        (f"/v1/{T}/rooms/room-06/members/user-001", {}),
+        (f"/v1/{T}/rooms/room-06/members/user-001", {"Authorization": "Bearer not-a-jwt"}),
+        (f"/v1/{T}/rooms/room-06/members/user-001", {"Authorization": "Basic abc"}),
+        (f"/v1/{OTHER}/rooms/room-06/members/user-001", token()),
+        (f"/v1/{T}/rooms/room-06/members/user-001", token(scope="index:write")),
+        (f"/v1/{T}/rooms/room-06/members/bad%20id", token()),
+    ]
+    drop = {"x-request-id", "date", "age", "content-length"}
+
+    def same(a: httpx.Response, b: httpx.Response, what: str) -> None:
+        body_a, body_b = a.json(), b.json()
+        if isinstance(body_a, dict):
+            body_a.pop("request_id", None)
+            body_b.pop("request_id", None)
+        assert (a.status_code, body_a) == (b.status_code, body_b), what
+        assert {k: v for k, v in a.headers.items() if k not in drop} == {k: v for k, v in b.headers.items() if k not in drop}, what
+
+    async with running(fast) as f, running(slow) as s:
+        for path, headers in cases * 2:  # the second round answers from the cache
+            same(await f.get(path, headers=headers), await s.get(path, headers=headers), path)
+        origin.down = True  # a miss now has no origin and nothing cached: 503 naming the origin
+        path = f"/v1/{T}/rooms/room-07/members/x"
+        a, b = await f.get(path, headers=token()), await s.get(path, headers=token())
+        assert a.status_code == 503 and a.json()["dependency"] == "origin"
+        same(a, b, path)
+        metrics = (await f.get("/metrics")).text
+    assert 'hotpath_http_requests_total{method="GET",route="/v1/{tenant}/rooms/{room_id}/members/{user_id}",status="200"}' in metrics
