@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
@@ -54,6 +55,10 @@ class StreamConsumer:
         self.block_ms = block_ms
         self._task: asyncio.Task | None = None
         self._own_pending_done = False
+        # Each API process joins under its own name (hostname-pid); names of gone processes are removed once
+        # they hold nothing and have been idle this long, so the group does not grow with every restart.
+        self.prune_idle_ms = max(claim_idle_ms * 10, 3_600_000)
+        self._last_prune = 0.0
 
     async def ensure_group(self) -> None:
         try:
@@ -84,7 +89,20 @@ class StreamConsumer:
         done += await self._handle([e for e in claimed[1] if e and e[1]], "claimed")
         entries = await self._read(">", block_ms=self.block_ms if block_ms is None else block_ms)
         done += await self._handle(entries, "new")
+        if time.monotonic() - self._last_prune > 60:
+            self._last_prune = time.monotonic()
+            await self.prune_consumers()
         return done
+
+    async def prune_consumers(self) -> list[str]:
+        """Delete consumers with no pending entries, idle longer than `prune_idle_ms`; returns their names."""
+        gone = []
+        for c in await self.redis.xinfo_consumers(self.stream, self.group):
+            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) > self.prune_idle_ms:
+                await self.redis.xgroup_delconsumer(self.stream, self.group, name)
+                gone.append(name)
+        return gone
 
     async def _read(self, start: str, *, block_ms: int | None) -> list:
         reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block_ms)

@@ -104,6 +104,20 @@ async def test_entries_that_can_never_apply_go_to_the_dead_stream(redis, key_pre
     assert b"needs user_id and seq" in dead[1][1][b"error"]
 
 
+async def test_consumers_of_gone_processes_are_pruned_once_idle_and_empty(redis, key_prefix):
+    _, events = make_cache(redis, FakeOrigin(), key_prefix)
+    stream = key_prefix + "events"
+    live = StreamConsumer(redis, events, stream=stream, consumer="live", block_ms=10)
+    await live.ensure_group()
+    await redis.xadd(stream, entry({"id": "e", "type": "room.updated", "room_id": "r1"}))
+    await redis.xreadgroup("cacheman", "gone-with-pending", {stream: ">"}, count=1)  # holds an entry
+    await redis.xgroup_createconsumer(stream, "cacheman", "gone-empty")  # holds nothing
+    live.prune_idle_ms = 50
+    await asyncio.sleep(0.1)
+    assert await live.prune_consumers() == ["gone-empty"]
+    assert {c["name"] for c in await redis.xinfo_consumers(stream, "cacheman")} == {b"gone-with-pending"}
+
+
 async def test_the_api_lifespan_runs_the_consumer(redis, redis_url, key_prefix):
     secret = "stream-secret-0123456789-0123456789-01"
     origin = FakeOrigin()
