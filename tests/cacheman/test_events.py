@@ -173,7 +173,15 @@ def test_unread_formula_never_goes_negative():
 
 
 def test_keys_are_hash_tagged_per_entity():
+    from redis.crc import key_slot
+
     k = Keys("hp")
+    for tenant, room, user in [("acme", "r1", "u1"), ("t-2", "room.x:9", "user_7"), ("A", "Z" * 64, "u" * 64)]:
+        for base in (k.room_meta(tenant, room), k.members(tenant, room), k.user_rooms(tenant, user), k.user_reads(tenant, user)):
+            # every script gets a value, its lease, its floor and its temporary build key: one cluster slot
+            slots = {key_slot(x.encode()) for x in (base, Keys.lease(base), Keys.floor(base), Keys.tmp(base, "t0k3n"))}
+            assert len(slots) == 1, base
+        assert key_slot(k.room_meta(tenant, room).encode()) == key_slot(k.room_seq(tenant, room).encode())  # MGET meta+seq
     assert k.members("acme", "r1") == "hp:acme:{room:r1}:members"
     assert Keys.lease(k.members("acme", "r1")) == "hp:acme:{room:r1}:members:lease"
     assert k.user_reads("acme", "u1") == "hp:acme:{user:u1}:reads"
