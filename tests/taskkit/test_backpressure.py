@@ -91,6 +91,7 @@ async def test_overload_depth_bounded_nothing_accepted_lost(redis, redis_url, tk
         await asyncio.sleep(3.0)
         stop.set()
         await asyncio.gather(s, *ps)
+        done_in_window = await redis.scard(f"{tk_prefix}ledger")
         attempts = len(accepted) + len(rejections)
         # drain: everything accepted must run, exactly once
         deadline = time.monotonic() + 30
@@ -102,11 +103,11 @@ async def test_overload_depth_bounded_nothing_accepted_lost(redis, redis_url, tk
         proc.terminate()
         proc.wait(10)
         log.close()
-    print(f"overload: {attempts} attempts, {len(accepted)} accepted, {len(rejections)} refused, max depth {max_depth}")
     done = {m.decode() for m in await redis.smembers(f"{tk_prefix}ledger")}
     assert done == set(accepted)
     assert int(await redis.get(f"{tk_prefix}total")) == len(accepted)
-    assert attempts >= 2000, attempts  # the producer really ran at ~10x the worker
+    assert attempts >= 1000, attempts
+    assert attempts >= 8 * done_in_window, (attempts, done_in_window)  # ~10x what the worker managed
     assert len(accepted) < attempts / 3  # most were refused
     assert rejections and all(ra > 0 for ra in rejections)
     assert max_depth <= high + producers, max_depth
@@ -114,29 +115,25 @@ async def test_overload_depth_bounded_nothing_accepted_lost(redis, redis_url, tk
 
 
 async def test_aimd_limit_is_shared_between_processes(redis, tk_prefix):
-    from taskkit.keys import Keys
-
-    policy = AimdPolicy(initial=100, min=5, max=200, add_per_s=10, beta=0.5, cooldown_s=0.2)
+    policy = AimdPolicy(initial=100, min=20, max=200, add_per_s=10, beta=0.5, cooldown_s=0.5)
     a = AimdController(redis, "milvus", keys=Keys(tk_prefix), policy=policy)
     b = AimdController(redis, "milvus", keys=Keys(tk_prefix), policy=policy)  # another worker process
     assert await a.current() == 100
     assert await a.slow_down() == 50
     assert await b.slow_down() == 50  # within the cooldown: a burst of signals counts once
     assert await b.current() == 50
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.55)
     assert await b.slow_down() == 25
     assert await a.current() == 25
-    for _ in range(4):
-        await a.slow_down()
-        await asyncio.sleep(0.21)
-    assert await a.current() == 5  # floor
+    await asyncio.sleep(0.55)
+    assert await a.slow_down() == 20  # floor
     # additive increase: +10/s for the time since the last change, applied at most once a second
     await asyncio.sleep(1.0)
     grown = await b.ok()
-    assert 15 <= grown <= 20, grown
+    assert 30 <= grown <= 40, grown
     assert await a.ok() == grown  # a second ok within the second: no change
-    # the token bucket rations calls: at 15/s, 10 calls past the burst take about 10/15 s
+    # the token bucket rations calls: 20 calls past the burst take about 20 / limit seconds
     t0 = time.monotonic()
-    for _ in range(int(await a.current()) + 10):
+    for _ in range(int(grown) + 20):
         await a.acquire()
-    assert time.monotonic() - t0 >= 0.5
+    assert time.monotonic() - t0 >= 0.8 * 20 / grown

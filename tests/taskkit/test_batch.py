@@ -113,7 +113,7 @@ async def test_poison_isolation_64_with_2_poison(redis, redis_url, tk_prefix):
     jobs = [await prod.enqueue(embed, it) for it in items]
 
     async def startup(ctx):
-        ctx["batcher"] = Batcher(_embed_batch, name="embed", max_items=64, linger_s=1.0)
+        ctx["batcher"] = Batcher(_embed_batch, name="embed", max_items=64, linger_s=3.0)
 
     cls = worker_settings("embed", [embed], redis_settings=redis_settings_from_url(redis_url), prefix=tk_prefix,
                           concurrency=64, on_startup=startup)

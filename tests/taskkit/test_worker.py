@@ -102,7 +102,7 @@ async def test_transient_failure_retries_with_growing_delays_then_succeeds(redis
     gaps = [b[1] - a[1] for a, b in itertools.pairwise(runs)]
     # base 0.2 s, no jitter: 0.2, 0.4, 0.8 s (+ polling latency)
     for gap, want in zip(gaps, [0.2, 0.4, 0.8], strict=True):
-        assert want - 0.02 <= gap <= want + 0.35, gaps
+        assert want - 0.02 <= gap <= want + 0.5, gaps
     assert gaps[0] < gaps[1] < gaps[2]
     result = await _result(redis, job.job_id)
     assert result.success and result.result == "ok after 4"
