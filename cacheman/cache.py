@@ -127,11 +127,20 @@ class CacheService:
     # ----------------------------------------------------------------- Redis health (a small breaker)
 
     def redis_usable(self) -> bool:
-        """False for `redis_retry_s` after a failure: requests bypass instead of each paying a timeout."""
-        return time.monotonic() >= self._redis_down_until
+        """False for `redis_retry_s` after a failure, so requests bypass instead of each paying a timeout.
+        Then half-open: one caller probes Redis (and the window restarts for the others) until a success
+        closes it — a hung Redis costs one timeout per window, not one per request."""
+        until = self._redis_down_until
+        if not until:
+            return True
+        now = time.monotonic()
+        if now < until:
+            return False
+        self._redis_down_until = now + self.cfg.redis_retry_s  # this caller is the probe
+        return True
 
     def redis_failed(self, exc: BaseException) -> None:
-        if self.redis_usable():
+        if not self._redis_down_until:
             log.warning("redis unavailable, bypassing the cache for %.1fs: %s: %s", self.cfg.redis_retry_s, type(exc).__name__, exc)
         self._redis_down_until = time.monotonic() + self.cfg.redis_retry_s
         m.REDIS_UP.set(0)
@@ -237,6 +246,7 @@ class CacheService:
             except RedisError as exc:
                 self.redis_failed(exc)
                 return await self._bypass_load(spec)
+            self._redis_ok()
             status = status.decode() if isinstance(status, bytes) else status
             entry = self._decode(spec, raw) if raw else None
             if status == HIT and entry is not None:
@@ -478,6 +488,7 @@ class CacheService:
         except RedisError as exc:
             self.redis_failed(exc)
             return None
+        self._redis_ok()
         return {r: (int(v) if v is not None else None) for r, v in zip(rooms, vals, strict=True)}
 
     @staticmethod
@@ -502,6 +513,7 @@ class CacheService:
         except RedisError as exc:
             self.redis_failed(exc)
             return await self._rooms_bypass(tenant, ids)
+        self._redis_ok()
         now = now_ms()
         stale: dict[str, Entry] = {}
         todo: list[str] = []

@@ -182,3 +182,35 @@ async def test_origin_down_serves_stale_else_503_then_recovers_without_restart(r
     finally:
         _kill(double)
         await origin.aclose()
+
+
+async def test_a_hung_redis_costs_one_probe_per_window_not_one_timeout_per_request():
+    """Redis accepts connections and never answers (a partition): after the first timeout, requests bypass
+    at once; when the window ends exactly one request probes Redis while the others keep bypassing."""
+    connections = 0
+
+    async def blackhole(reader, writer):
+        nonlocal connections
+        connections += 1
+        await reader.read()  # never answers
+
+    server = await asyncio.start_server(blackhole, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hung = redis_client(f"redis://127.0.0.1:{port}/0", timeout_s=0.2)
+    origin = FakeOrigin()
+    origin.add_room(T, "r1")
+    cache, _ = make_cache(hung, origin, "hptest:hung:", redis_retry_s=0.4)
+    try:
+        assert (await cache.room(T, "r1")).status == "bypass"  # paid one timeout
+        assert connections == 1
+        t0 = time.monotonic()
+        burst = await asyncio.gather(*(cache.room(T, "r1") for _ in range(50)))
+        assert {r.status for r in burst} == {"bypass"} and time.monotonic() - t0 < 0.15
+        assert connections == 1  # nobody touched Redis inside the window
+        await asyncio.sleep(0.45)
+        burst = await asyncio.gather(*(cache.room(T, "r1") for _ in range(50)))
+        assert {r.status for r in burst} == {"bypass"}
+        assert connections == 2  # one probe, not fifty
+    finally:
+        server.close()
+        await hung.aclose()
