@@ -153,8 +153,12 @@ class CacheService:
     # ----------------------------------------------------------------- origin calls
 
     async def _load(self, spec: Spec) -> Loaded:
+        return await self._origin_call(spec.load())
+
+    async def _origin_call(self, call):
+        """Await an origin call; any failure becomes OriginUnavailable (503 / stale), never a 500."""
         try:
-            return await spec.load()
+            return await call
         except OriginUnavailable:
             raise
         except (TimeoutError, OSError, ValueError) as exc:
@@ -498,8 +502,9 @@ class CacheService:
 
     # ----------------------------------------------------------------- batches
 
-    async def rooms_batch(self, tenant: str, room_ids: list[str]) -> tuple[dict[str, dict], list[str], str]:
-        """Many rooms: one pipelined read, leases for the misses, ONE origin call for all of them."""
+    async def rooms_batch(self, tenant: str, room_ids: list[str]) -> tuple[dict[str, dict], list[str], str, int]:
+        """Many rooms: one pipelined read, leases for the misses, ONE origin call for all of them.
+        Returns (rooms by id, missing ids, X-Cache of the batch, Age of its oldest answer)."""
         ids = list(dict.fromkeys(room_ids))
         found: dict[str, dict] = {}
         missing: list[str] = []
@@ -517,9 +522,11 @@ class CacheService:
         now = now_ms()
         stale: dict[str, Entry] = {}
         todo: list[str] = []
+        oldest = now
         for r, (raw, raw_seq) in zip(ids, rows, strict=True):
             entry = decode_string(raw, now)
             if entry is not None and entry.fresh:
+                oldest = min(oldest, entry.stored_ms)
                 if entry.data is None:
                     missing.append(r)
                 else:
@@ -531,7 +538,7 @@ class CacheService:
                 todo.append(r)
         if not todo:
             m.HITS.labels("room").inc(len(ids))
-            return found, missing, S_HIT
+            return found, missing, S_HIT, (now - oldest) // 1000
         m.HITS.labels("room").inc(len(ids) - len(todo))
         m.MISSES.labels("room").inc(len(todo))
         token = secrets.token_hex(8)
@@ -546,8 +553,10 @@ class CacheService:
             return await self._rooms_bypass(tenant, ids)
         leased = [r for r, (st, _) in zip(todo, leases, strict=True) if st in (b"lease", "lease")]
         try:
-            origin_rooms = await self.origin.get_rooms(tenant, todo)
+            origin_rooms = await self._origin_call(self.origin.get_rooms(tenant, todo))
         except OriginUnavailable as exc:
+            for r in leased:
+                await self._release(Keys.lease(self.keys.room_meta(tenant, r)), token)
             if any(r not in stale for r in todo):
                 raise OriginUnavailable(f"{exc.detail}; nothing cached to serve instead") from exc
             for r in todo:
@@ -555,8 +564,9 @@ class CacheService:
                     missing.append(r)
                 else:
                     found[r] = stale[r].data
+                oldest = min(oldest, stale[r].stored_ms)
             m.STALE.labels("room").inc(len(todo))
-            return found, missing, S_STALE
+            return found, missing, S_STALE, (now_ms() - oldest) // 1000
         pipe = self.redis.pipeline(transaction=False)
         now = now_ms()
         for r in leased:
@@ -581,29 +591,33 @@ class CacheService:
                 missing.append(r)
             else:
                 found[r] = room.model_dump()
-        return found, missing, S_MISS
+        return found, missing, S_MISS, (now_ms() - oldest) // 1000 if len(todo) < len(ids) else 0
 
-    async def _rooms_bypass(self, tenant: str, ids: list[str]) -> tuple[dict[str, dict], list[str], str]:
+    async def _rooms_bypass(self, tenant: str, ids: list[str]) -> tuple[dict[str, dict], list[str], str, int]:
         async def load() -> Loaded:
             return Loaded(await self.origin.get_rooms(tenant, ids))
 
         entry, status = await self._bypass_load(Spec("room", "s", "", load))
         rooms: dict[str, Room] = entry.data
-        return {r: rooms[r].model_dump() for r in ids if r in rooms}, [r for r in ids if r not in rooms], status
+        return {r: rooms[r].model_dump() for r in ids if r in rooms}, [r for r in ids if r not in rooms], status, 0
 
-    async def memberships_batch(self, tenant: str, checks: list[tuple[str, str]]) -> tuple[list[tuple[str, str, str | None, bool]], str]:
-        """Many (room, user) checks: one pipelined HMGET per distinct room, misses filled per room (single-flight)."""
+    async def memberships_batch(
+        self, tenant: str, checks: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str, str | None, bool]], str, int]:
+        """Many (room, user) checks: one pipelined HMGET per distinct room, misses filled per room (single-flight).
+        Returns ([(room, user, role | None, room exists)] in request order, X-Cache of the batch, oldest Age)."""
         by_room: dict[str, list[str]] = {}
         for r, u in checks:
             by_room.setdefault(r, []).append(u)
         rooms = list(by_room)
         answers: dict[str, tuple[dict[str, str | None], bool]] = {}
         statuses: set[str] = set()
+        oldest = now_ms()
         todo = rooms
         if self.redis_usable():
             pipe = self.redis.pipeline(transaction=False)
             for r in rooms:
-                pipe.hmget(self.keys.members(tenant, r), F_FRESH, F_NOTFOUND, *by_room[r])
+                pipe.hmget(self.keys.members(tenant, r), F_FRESH, F_STORED, F_NOTFOUND, *by_room[r])
             try:
                 rows = await pipe.execute()
             except RedisError as exc:
@@ -613,26 +627,27 @@ class CacheService:
                 now = now_ms()
                 todo = []
                 for r, row in zip(rooms, rows, strict=True):
-                    fresh_b, nx_b, *roles = row
+                    fresh_b, stored_b, nx_b, *roles = row
                     if fresh_b is not None and int(fresh_b) > now:
                         answers[r] = ({u: (x.decode() if x is not None else None) for u, x in zip(by_room[r], roles, strict=True)}, nx_b is None)
                         statuses.add(S_HIT)
+                        oldest = min(oldest, int(stored_b))
                     else:
                         todo.append(r)
                 if len(rooms) > len(todo):
                     m.HITS.labels("members").inc(len(rooms) - len(todo))
 
         async def one(r: str) -> None:
+            nonlocal oldest
             spec = self.members_spec(tenant, r)
             entry, status = await (self.miss(spec, None) if self.redis_usable() else self._bypass_load(spec))
             statuses.add(status)
+            oldest = min(oldest, entry.stored_ms)
             data = entry.data
             answers[r] = ({u: (data or {}).get(u) for u in by_room[r]}, data is not None)
 
         if todo:
             await asyncio.gather(*(one(r) for r in todo))
         out = [(r, u, answers[r][0][u], answers[r][1]) for r, u in checks]
-        for s in (S_BYPASS, S_STALE, S_MISS, S_HIT):
-            if s in statuses:
-                return out, s
-        return out, S_HIT
+        status = next((st for st in (S_BYPASS, S_STALE, S_MISS) if st in statuses), S_HIT)
+        return out, status, max(0, (now_ms() - oldest) // 1000)

@@ -294,16 +294,16 @@ def build_router() -> APIRouter:
     @router.post("/rooms:batchGet", dependencies=READ, response_model=RoomsBatchOut, responses={200: _ok(RoomsBatchOut)},
                  summary=f"Many rooms at once (up to {MAX_BATCH}); one origin call for all misses.")
     async def rooms_batch(tenant: Tenant, body: RoomsBatchIn, request: Request) -> Response:
-        found, missing, status = await _cache(request).rooms_batch(tenant, body.room_ids)
-        return _json({"rooms": found, "missing": missing}, status, 0)
+        found, missing, status, age = await _cache(request).rooms_batch(tenant, body.room_ids)
+        return _json({"rooms": found, "missing": missing}, status, age)
 
     @router.post("/memberships:check", dependencies=READ, response_model=MembershipsCheckOut,
                  responses={200: _ok(MembershipsCheckOut)},
                  summary=f"Many membership checks at once (up to {MAX_BATCH} (room, user) pairs); one round trip per batch on hits.")
     async def memberships_check(tenant: Tenant, body: MembershipsCheckIn, request: Request) -> Response:
-        rows, status = await _cache(request).memberships_batch(tenant, [(c.room_id, c.user_id) for c in body.checks])
+        rows, status, age = await _cache(request).memberships_batch(tenant, [(c.room_id, c.user_id) for c in body.checks])
         results = [{"room_id": r, "user_id": u, "member": role is not None, "role": role, "room_exists": ex} for r, u, role, ex in rows]
-        return _json({"results": results}, status, 0)
+        return _json({"results": results}, status, age)
 
     @router.post("/events", dependencies=WRITE, response_model=EventsOut, tags=["events"],
                  summary=f"Apply a batch of change events (up to {MAX_BATCH}); idempotent and order-insensitive. See docs/events.md.")

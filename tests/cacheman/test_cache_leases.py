@@ -245,13 +245,13 @@ async def test_batches_use_one_origin_call_for_all_misses(redis, key_prefix):
         origin.add_room(T, f"r{i}", members={"u1": "member"})
     cache, _ = make_cache(redis, origin, key_prefix)
     ids = [f"r{i}" for i in range(50)] + ["nope"]
-    found, missing, status = await cache.rooms_batch(T, ids)
+    found, missing, status, _ = await cache.rooms_batch(T, ids)
     assert (len(found), missing, status) == (50, ["nope"], "miss")
     assert origin.calls["get_rooms"] == 1
-    found, missing, status = await cache.rooms_batch(T, ids)
-    assert (len(found), missing, status) == (50, ["nope"], "hit")
+    found, missing, status, age = await cache.rooms_batch(T, ids)
+    assert (len(found), missing, status, age) == (50, ["nope"], "hit", 0)
     assert origin.calls["get_rooms"] == 1
-    rows, status = await cache.memberships_batch(T, [("r1", "u1"), ("r1", "u2"), ("r2", "u1")])
+    rows, status, _ = await cache.memberships_batch(T, [("r1", "u1"), ("r1", "u2"), ("r2", "u1")])
     assert [(r, u, role) for r, u, role, _ in rows] == [("r1", "u1", "member"), ("r1", "u2", None), ("r2", "u1", "member")]
 
 
@@ -290,3 +290,19 @@ async def test_stale_if_error_never_serves_a_value_an_applied_event_replaced(red
         await cache.room(T, "r1")  # the event removed it: 503, not the replaced value
     with pytest.raises(OriginUnavailable):
         await cache.member_role(T, "r1", "u1")
+
+
+async def test_batch_answers_report_the_age_of_their_oldest_entry(redis, key_prefix):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", members={"u1": "member"})
+    origin.add_room(T, "r2", members={"u2": "member"})
+    cache, _ = make_cache(redis, origin, key_prefix)
+    await cache.rooms_batch(T, ["r1"])
+    await cache.memberships_batch(T, [("r1", "u1")])
+    await asyncio.sleep(1.05)
+    _, _, status, age = await cache.rooms_batch(T, ["r1", "r2"])  # r1 cached a second ago, r2 a miss
+    assert (status, age) == ("miss", 1)
+    _, status, age = await cache.memberships_batch(T, [("r1", "u1"), ("r2", "u2")])
+    assert (status, age) == ("miss", 1)
+    _, _, status, age = await cache.rooms_batch(T, ["r2"])
+    assert (status, age) == ("hit", 0)
