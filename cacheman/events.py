@@ -76,8 +76,11 @@ class EventResult:
 class EventApplier:
     """Applies batches of events for one tenant in one pipelined round trip (plus one for room.deleted)."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, floor_px: int, seq_px: int, scripts: Scripts | None = None) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, *, floor_px: int, seq_px: int, scripts: Scripts | None = None, near=None
+    ) -> None:
         self.redis = redis
+        self.near = near  # this process's NearCache: dropped at once, not when our own broadcast comes back
         self.keys = keys
         self.scripts = scripts or Scripts(redis)
         self.floor_px = floor_px
@@ -138,6 +141,8 @@ class EventApplier:
         if touched:
             pipe.publish(k.nearcache_channel(), orjson.dumps(sorted(touched)))
         replies = await pipe.execute()
+        if touched and self.near is not None:
+            self.near.invalidate(touched)
         out: list[EventResult] = []
         i = 0
         for ev, (n, how) in zip(events, plan, strict=True):

@@ -228,7 +228,8 @@ async def _startup(app: FastAPI) -> None:
         await near.start()
     app.state.near = near
     app.state.cache = CacheService(app.state.redis, app.state.origin, cfg, near=near)
-    app.state.events = EventApplier(app.state.redis, keys, floor_px=cfg.floor_px, seq_px=cfg.floor_px, scripts=app.state.cache.scripts)
+    app.state.events = EventApplier(app.state.redis, keys, floor_px=cfg.floor_px, seq_px=cfg.floor_px,
+                                    scripts=app.state.cache.scripts, near=near)
     app.state.stream_consumer = None
     if s.events_stream_enabled:
         consumer = StreamConsumer(

@@ -37,7 +37,7 @@ class Process:
         keys = Keys(prefix)
         self.near = NearCache(self.sub, keys.nearcache_channel(), ttl_s=ttl_s)
         self.cache = CacheService(self.redis, origin, cfg, near=self.near)
-        self.events = EventApplier(self.redis, keys, floor_px=cfg.floor_px, seq_px=cfg.floor_px)
+        self.events = EventApplier(self.redis, keys, floor_px=cfg.floor_px, seq_px=cfg.floor_px, near=self.near)
 
     async def __aenter__(self):
         await self.near.start()
@@ -78,6 +78,17 @@ async def test_an_event_applied_by_one_process_invalidates_the_near_cache_of_ano
         assert latency < 0.5, latency  # the broadcast, not the 30 s TTL, dropped it
         print(f"near cache: invalidated {latency * 1000:.1f} ms after the event was applied by another process")
         assert origin.calls["get_members"] == redis_calls_before + 1
+
+
+async def test_the_process_that_applies_an_event_reads_its_own_write_at_once(redis_url, key_prefix):
+    origin = FakeOrigin()
+    origin.add_room(T, "r1", members={"u1": "member"})
+    async with Process(redis_url, origin, key_prefix, ttl_s=30.0) as a:
+        await a.role("r1", "u1")
+        assert (await a.role("r1", "u1")).value == "member"  # near-cache hit
+        origin.set_member(T, "r1", "u1", None)
+        await a.events.apply(T, [Event(id="e", type="member.removed", room_id="r1", user_id="u1")])
+        assert (await a.role("r1", "u1")).value is None  # no wait for its own broadcast to come back
 
 
 async def test_the_near_cache_is_flushed_when_its_broadcast_connection_drops(redis, redis_url, key_prefix):
