@@ -87,8 +87,14 @@ async def test_the_process_that_applies_an_event_reads_its_own_write_at_once(red
         await a.role("r1", "u1")
         assert (await a.role("r1", "u1")).value == "member"  # near-cache hit
         origin.set_member(T, "r1", "u1", None)
-        await a.events.apply(T, [Event(id="e", type="member.removed", room_id="r1", user_id="u1")])
-        assert (await a.role("r1", "u1")).value is None  # no wait for its own broadcast to come back
+
+        class DeafKeys(Keys):  # its broadcast reaches nobody: only the local drop can help
+            def nearcache_channel(self) -> str:
+                return key_prefix + "nobody-listens"
+
+        applier = EventApplier(a.redis, DeafKeys(key_prefix), floor_px=60_000, seq_px=60_000, near=a.near)
+        await applier.apply(T, [Event(id="e", type="member.removed", room_id="r1", user_id="u1")])
+        assert (await a.role("r1", "u1")).value is None  # no wait for a broadcast to come back
 
 
 async def test_the_near_cache_is_flushed_when_its_broadcast_connection_drops(redis, redis_url, key_prefix):
