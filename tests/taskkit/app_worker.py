@@ -35,6 +35,6 @@ async def apply_effect(ctx, n: int, amount: int) -> int:
 WorkerSettings = worker_settings(
     QUEUE, [apply_effect],
     redis_settings=redis_settings_from_url(os.environ.get("TK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")),
-    prefix=PREFIX, concurrency=int(os.environ.get("TK_TEST_CONCURRENCY", "20")), poll_delay_s=0.05,
+    prefix=PREFIX, concurrency=int(os.environ.get("TK_TEST_CONCURRENCY", "20")), poll_delay_s=0.005,
     health_interval_s=0.5,
 )
