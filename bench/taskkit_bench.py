@@ -120,7 +120,8 @@ async def one_by_one(ctx, items: list[int]) -> list[str]:
 @task(queue="batched")
 async def via_batcher(ctx, items: list[int]) -> list[str]:
     """Batched: every item goes through the worker's Batcher and gets its own result."""
-    return list(await asyncio.gather(*(ctx["batcher"].submit(i) for i in items)))
+    outcomes = await ctx["batcher"].submit_many(items)
+    return [o.value for o in outcomes]
 
 
 async def batching_run(url: str, prefix: str, n: int, batched: bool, blocking: bool,

@@ -89,8 +89,7 @@ class Batcher(Generic[T, R]):
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
 
-    async def submit(self, item: T) -> R:
-        """Add one item; wait for and return its own result (or raise its own error)."""
+    def _add(self, item: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((item, fut))
         self._bytes += self.sizeof(item)
@@ -98,7 +97,21 @@ class Batcher(Generic[T, R]):
             self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._flush)
-        return await fut
+        return fut
+
+    async def submit(self, item: T) -> R:
+        """Add one item; wait for and return its own result (or raise its own error)."""
+        return await self._add(item)
+
+    async def submit_many(self, items: Sequence[T]) -> list[Outcome]:
+        """Add several items of one job; returns one Outcome per item, in order (never raises per item).
+
+        For jobs that carry many items: ARQ's cost per job is then shared by its items, which is what lets
+        batches fill (see bench/RESULTS.md). The job decides what a partial failure means for it.
+        """
+        futs = [self._add(i) for i in items]
+        done = await asyncio.gather(*futs, return_exceptions=True)
+        return [Outcome(False, error=r) if isinstance(r, BaseException) else Outcome(True, value=r) for r in done]
 
     def _flush(self) -> None:
         if self._timer is not None:

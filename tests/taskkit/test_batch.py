@@ -47,6 +47,20 @@ async def test_flush_on_count():
     assert out == [f"r{i}" for i in range(8)] and [len(c) for c in calls] == [4, 4]
 
 
+async def test_submit_many_gives_per_item_outcomes():
+    calls: list[list] = []
+
+    async def picky(items):
+        calls.append(list(items))
+        return [ValueError(f"bad {i}") if i % 5 == 0 else i * 2 for i in items]
+
+    b = Batcher(picky, max_items=8, linger_s=0.01)
+    a, c = await asyncio.gather(b.submit_many(list(range(1, 7))), b.submit_many(list(range(7, 11))))
+    assert [o.value for o in a if o.ok] == [2, 4, 6, 8, 12] and not a[4].ok and "bad 5" in str(a[4].error)
+    assert [o.ok for o in c] == [True, True, True, False]
+    assert [len(x) for x in calls] == [8, 2]  # items of two jobs shared one batch
+
+
 async def test_flush_on_bytes():
     calls, call = _recorder()
     b = Batcher(call, max_items=100, max_bytes=10, linger_s=10)
