@@ -3,7 +3,8 @@
 Counters and histograms are process-local (scraped from each worker); gauges of shared state (depth,
 oldest age, retry/dead-letter sizes) are refreshed by every worker's health loop from Redis, so any one
 worker's scrape shows the queue as a whole. Why a health record in Redis too: `hotpath queue stats` and
-the producers' Retry-After estimate need the live workers' view without scraping each process.
+the producers' Retry-After estimate need the live workers' view without scraping each process (the
+record is written by `taskkit.worker.Runtime.tick`, every `health_interval_s`, default 5 s).
 """
 
 from __future__ import annotations
