@@ -67,7 +67,9 @@ class WorkerKind(StrEnum):
 
 @app.command()
 def worker(kind: WorkerKind = typer.Argument(..., help="Which worker: index (Milvus) or thumb (thumbnails).")) -> None:
-    """Run an ARQ worker (same as `arq index_worker.worker.WorkerSettings`)."""
+    """Run a taskkit/ARQ worker: `index` (Milvus) or `thumb` (thumbnails).
+
+    Same jobs as `arq index_worker.worker.WorkerSettings` / `arq thumb_worker.worker.WorkerSettings`."""
     from hotpath.logs import setup_logging
     from hotpath.settings import IndexWorkerSettings, ThumbWorkerSettings
 
@@ -85,8 +87,10 @@ def worker(kind: WorkerKind = typer.Argument(..., help="Which worker: index (Mil
 def dev(
     port: int = typer.Option(None, help="API port (default: HOTPATH_PORT or 8000)."),
 ) -> None:
-    """Run the whole stack on embedded defaults: Valkey, moto S3, Milvus Lite, a SQLite demo origin,
-    the API and both workers, as one supervised group. Ctrl-C stops everything."""
+    """Run the whole stack on embedded defaults (Valkey, moto S3, Milvus Lite, SQLite demo origin, API, workers).
+
+    One supervised group of processes; a part whose HOTPATH_* URL is set is used instead of started.
+    Ctrl-C or SIGTERM stops everything."""
     from hotpath.settings import DevSettings
 
     settings = _settings(DevSettings)
