@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.load import Server, fmt, free_port, median_run, wait_http, wrk  # noqa: E402
+from bench.load import Server, fmt, free_port, median_run, wait_http, wrk
 
 APP = r'''
 import warnings
