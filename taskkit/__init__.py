@@ -20,6 +20,7 @@ from taskkit.errors import (
     TransientError,
     WorkerLost,
 )
+from taskkit.fastworker import FastWorker
 from taskkit.idempotency import Enqueued
 from taskkit.inspect import Filter, Inspector
 from taskkit.keys import Keys
@@ -30,7 +31,7 @@ from taskkit.tasks import TaskSpec, task
 from taskkit.worker import redis_settings_from_url, worker_settings
 
 __all__ = [
-    "AimdController", "AimdPolicy", "Batcher", "DeadLetterPolicy", "Enqueued", "Filter", "Inspector",
+    "AimdController", "AimdPolicy", "Batcher", "DeadLetterPolicy", "Enqueued", "FastWorker", "Filter", "Inspector",
     "JobConflict", "JobNotFound", "JobRecord", "Keys", "PermanentError", "Producer", "QueueFull",
     "RateLimited", "RetryPolicy", "TaskSpec", "TaskkitError", "TransientError", "Verdict", "Watermarks",
     "WorkerLost", "redis_settings_from_url", "task", "worker_settings",

@@ -47,13 +47,18 @@ class DeadLetterQueue:
 
     async def add(self, *, queue: str, job_id: str, task: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                   attempts: int, exc: BaseException, kind: str, reason: str, enqueued_ms: int,
-                  idempotency_key: str | None = None) -> int:
-        """Dead-letter a job (removing it from the retry queue); returns how many old entries were trimmed."""
+                  idempotency_key: str | None = None, record: dict[str, Any] | None = None) -> int:
+        """Dead-letter a job (removing it from the retry queue); returns how many old entries were trimmed.
+
+        `record`, if given, receives the fields written (so a caller can still describe the job when the
+        count/age bound trimmed it at once)."""
         k = self.keys
         fields = {"job_id": job_id, "queue": queue, "task": task, "payload": payload_json(args, kwargs),
                   "attempts": attempts, "reason": reason, "enqueued_ms": enqueued_ms,
                   "last_failed_ms": int(time.time() * 1000),
                   "raw": serialize_job(task, args, kwargs, None, enqueued_ms), **failure_fields(exc, kind)}
+        if record is not None:
+            record.update(fields, first_failed_ms=fields["last_failed_ms"], died_ms=fields["last_failed_ms"])
         flat: list[Any] = []
         for f, v in fields.items():
             flat += [f, v]

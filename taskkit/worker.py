@@ -30,6 +30,7 @@ from taskkit.deadletter import DeadLetterPolicy, DeadLetterQueue, DeathHook
 from taskkit.errors import WorkerLost
 from taskkit.idempotency import DEFAULT_WINDOW_S, mark_done
 from taskkit.keys import DEFAULT_PREFIX, Keys
+from taskkit.records import JobRecord
 from taskkit.retry import PERMANENT, TRANSIENT, classify, error_class
 from taskkit.retryqueue import RetryQueue
 from taskkit.scripts import Scripts
@@ -136,13 +137,17 @@ class Runtime:
 
     async def _dead(self, spec: TaskSpec, exc: BaseException, kind: str, reason: str, attempts: int,
                     common: dict[str, Any]) -> None:
-        await self.dead.add(attempts=attempts, exc=exc, kind=kind, reason=reason, **common)
+        written: dict[str, Any] = {}
+        await self.dead.add(attempts=attempts, exc=exc, kind=kind, reason=reason, record=written, **common)
         self.died += 1
         metrics.DEAD.labels(self.queue, spec.name, error_class(exc)).inc()
         log.warning("job %s (%s) dead-lettered after %d attempt(s): %s: %s", common["job_id"], spec.name,
                     attempts, type(exc).__name__, exc)
         if self.on_death is not None:
             rec = await self.dead.get(self.queue, common["job_id"])
+            if rec is None:  # already trimmed by the count bound (many jobs died at once): the hook still fires
+                rec = JobRecord.from_hash("dead", {k: v if isinstance(v, bytes) else str(v).encode()
+                                                   for k, v in written.items()})
             if rec is not None:
                 try:
                     r = self.on_death(rec)

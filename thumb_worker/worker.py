@@ -65,8 +65,15 @@ def build_worker_settings(settings) -> type:
     )
 
 
-def run(settings) -> None:
-    run_worker(build_worker_settings(settings))
+def run(settings, *, fast: bool = True) -> None:
+    # fast: taskkit's FastWorker on uvloop (batched job claims and ends on ARQ's keys); otherwise, as with
+    # `arq ...WorkerSettings`, ARQ's own Worker. Both can serve the same queue at once.
+    if not fast:
+        run_worker(build_worker_settings(settings))
+        return
+    from taskkit.fastworker import run_worker as run_fast_worker
+
+    run_fast_worker(build_worker_settings(settings))
 
 
 def __getattr__(name: str):

@@ -1,4 +1,5 @@
-"""A worker app for subprocess tests, run as `arq tests.taskkit.app_worker.WorkerSettings`.
+"""A worker app for subprocess tests, run as `arq tests.taskkit.app_worker.WorkerSettings` (ARQ's Worker)
+or `python -m tests.taskkit.app_worker` (taskkit's FastWorker on uvloop).
 
 Configured from TK_TEST_* environment variables (a test reads its environment; taskkit never does).
 """
@@ -38,3 +39,12 @@ WorkerSettings = worker_settings(
     prefix=PREFIX, concurrency=int(os.environ.get("TK_TEST_CONCURRENCY", "20")), poll_delay_s=0.005,
     health_interval_s=0.5,
 )
+
+
+if __name__ == "__main__":
+    import logging
+
+    from taskkit.fastworker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # like the arq command
+    run_worker(WorkerSettings)

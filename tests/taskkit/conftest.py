@@ -36,3 +36,12 @@ async def redis(redis_url: str) -> AsyncIterator[object]:
 @pytest.fixture
 def arq_redis(redis_url: str) -> RedisSettings:
     return RedisSettings.from_dsn(redis_url)
+
+
+@pytest.fixture(params=["arq-worker", "fastworker"])
+def worker_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once on ARQ's own Worker and once on taskkit's FastWorker (harness.running_worker)."""
+    from tests.taskkit import harness
+
+    monkeypatch.setattr(harness, "FAST", request.param == "fastworker")
+    return request.param

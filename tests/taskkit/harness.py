@@ -12,14 +12,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
-from arq.worker import Worker, create_worker
+from arq.worker import Worker
+
+from taskkit.fastworker import create_worker
+
+# Which worker `running_worker` builds when not told: ARQ's own Worker (False) or taskkit's FastWorker
+# (True). Test modules that run under both set it from a parametrized fixture.
+FAST = False
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings_cls: type, **overrides: object) -> AsyncIterator[Worker]:
-    """Run an ARQ worker built from `settings_cls` inside this event loop; stop it on exit."""
+async def running_worker(settings_cls: type, *, fast: bool | None = None, **overrides: object) -> AsyncIterator[Worker]:
+    """Run a worker built from `settings_cls` inside this event loop (ARQ's Worker, or FastWorker with
+    `fast`, default the module's FAST); stop it on exit."""
     overrides.setdefault("poll_delay", 0.02)
-    w = create_worker(settings_cls, handle_signals=False, **overrides)
+    w = create_worker(settings_cls, fast=FAST if fast is None else fast, handle_signals=False, **overrides)
     main = asyncio.create_task(w.async_run())
     try:
         yield w
@@ -52,9 +59,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_app_worker(redis_url: str, prefix: str, log: IO[bytes], *, concurrency: int = 20,
-                     sleep_s: float = 0.02) -> subprocess.Popen:
-    """`arq tests.taskkit.app_worker.WorkerSettings` in its own process (so a test may SIGKILL it)."""
+                     sleep_s: float = 0.02, fast: bool = False) -> subprocess.Popen:
+    """`arq tests.taskkit.app_worker.WorkerSettings` in its own process (so a test may SIGKILL it);
+    with `fast`, `python -m tests.taskkit.app_worker` (taskkit's FastWorker on uvloop, as `hotpath worker`)."""
     env = dict(os.environ, TK_TEST_REDIS_URL=redis_url, TK_TEST_PREFIX=prefix,
                TK_TEST_CONCURRENCY=str(concurrency), TK_TEST_SLEEP=str(sleep_s))
-    return subprocess.Popen([str(Path(sys.executable).parent / "arq"), "tests.taskkit.app_worker.WorkerSettings"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if fast:
+        cmd = [sys.executable, "-m", "tests.taskkit.app_worker"]
+    else:
+        cmd = [str(Path(sys.executable).parent / "arq"), "tests.taskkit.app_worker.WorkerSettings"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from arq.jobs import Job
 
 from taskkit import (
@@ -120,6 +121,7 @@ async def embed(ctx, item: str) -> str:
     return await ctx["batcher"].submit(item)
 
 
+@pytest.mark.usefixtures("worker_kind")
 async def test_poison_isolation_64_with_2_poison(redis, redis_url, tk_prefix):
     DOWNSTREAM_CALLS.clear()
     items = [f"poison-{i}" if f"poison-{i}" in POISON else f"doc-{i}" for i in range(64)]

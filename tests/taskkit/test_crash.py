@@ -8,6 +8,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from taskkit import Inspector, Producer, Watermarks
 from taskkit.keys import Keys
 from tests.taskkit import app_worker
@@ -16,7 +18,8 @@ from tests.taskkit.harness import start_app_worker
 N = 1000
 
 
-async def test_sigkill_three_times_every_job_once(redis, redis_url, tk_prefix, tmp_path):
+@pytest.mark.parametrize("fast", [False, True], ids=["arq-worker", "fastworker"])
+async def test_sigkill_three_times_every_job_once(redis, redis_url, tk_prefix, tmp_path, fast):
     prod = Producer(redis, prefix=tk_prefix, watermarks=Watermarks(high=100_000, low=50_000))
     ids = []
     for n in range(N):
@@ -25,9 +28,10 @@ async def test_sigkill_three_times_every_job_once(redis, redis_url, tk_prefix, t
     kills = []
     t0 = time.monotonic()
     with (tmp_path / "worker.log").open("wb") as log:
-        proc = start_app_worker(redis_url, tk_prefix, log, concurrency=20, sleep_s=0.02)
+        proc = start_app_worker(redis_url, tk_prefix, log, concurrency=20, sleep_s=0.02, fast=fast)
         try:
             # not multiples of 100: ARQ reads 100 ids per poll, and between two reads nothing runs
+            # (FastWorker claims as slots free up, so any threshold is mid-run for it)
             for threshold in (230, 470, 730):
                 while await redis.scard(ledger) < threshold:
                     assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
@@ -38,7 +42,7 @@ async def test_sigkill_three_times_every_job_once(redis, redis_url, tk_prefix, t
                 # jobs the dead worker was running: ARQ re-runs them once their in-progress key expires
                 in_progress = [k async for k in redis.scan_iter(match=f"arq:in-progress:{tk_prefix}*", count=1000)]
                 kills.append((await redis.scard(ledger), len(in_progress)))
-                proc = start_app_worker(redis_url, tk_prefix, log, concurrency=20, sleep_s=0.02)
+                proc = start_app_worker(redis_url, tk_prefix, log, concurrency=20, sleep_s=0.02, fast=fast)
             while await redis.scard(ledger) < N or await redis.zcard(Keys(tk_prefix).arq_queue("app")):
                 assert proc.poll() is None
                 assert time.monotonic() - t0 < 90, f"only {await redis.scard(ledger)} of {N} done"

@@ -47,6 +47,7 @@ async def _echo(items):
     return list(items)
 
 
+@pytest.mark.usefixtures("worker_kind")
 async def test_metrics_and_health_record(redis, redis_url, tk_prefix):
     before = {
         "done": metric("taskkit_jobs_completed_total", queue=Q, task="m_task"),

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import time
 
+import pytest
 from arq.jobs import Job
 
 from taskkit import (
@@ -21,6 +22,9 @@ from taskkit import (
 )
 from taskkit.keys import Keys
 from tests.taskkit.harness import running_worker, wait_until
+
+# every test here runs on ARQ's own Worker and on taskkit's FastWorker
+pytestmark = pytest.mark.usefixtures("worker_kind")
 
 Q = "tkq"
 RUNS: dict[str, list[tuple[int, float]]] = {}
