@@ -2,8 +2,9 @@
 
 Servers (each its own process, all up for the whole run): the dbman HTTP test double backed by PostgreSQL
 (a schema made for this run with init_schema(demo=True) plus 100k (room, user) memberships of tenant `bench`),
-two `hotpath api` processes on that double (near cache off / on), and a baseline FastAPI app started with
-the same uvicorn flags as cacheman/server.py and the same auth dependency (cacheman.auth.require). Load
+three `hotpath api` processes on that double (near cache off; on; off with HOTPATH_LOG_LEVEL=WARNING), and a
+baseline FastAPI app (twice: rate limit on / off) started with the same uvicorn flags as cacheman/server.py and
+the same auth dependency (cacheman.auth.require). Load
 comes from wrk (32 connections) or from a Python load generator in a separate process; variants are
 interleaved repeat by repeat and medians are reported.
 
@@ -18,6 +19,7 @@ interleaved repeat by repeat and medians are reported.
 5. Origin calls for 1,000 concurrent misses on one key, spread over the two API processes.
 
 Run:   .venv/bin/python bench/cache_bench.py [--seconds 5] [--repeats 3] [--zipf-seconds 30] [--quick]
+Optional: `pip install coredis` into the venv for the coredis baseline (skipped when it is not installed).
 Needs: Redis at HOTPATH_BENCH_REDIS_URL (default redis://127.0.0.1:6379/0), PostgreSQL at HOTPATH_BENCH_PG_DSN
 (default postgresql://postgres@127.0.0.1:5432/test), wrk. Everything it makes is removed at the end: its
 servers, its PostgreSQL schema and every Redis key under its prefix.
@@ -29,6 +31,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -149,7 +152,6 @@ import os
 import sys
 from urllib.parse import urlparse
 
-import coredis
 import hiredis
 import orjson
 import redis.asyncio as aioredis
@@ -162,6 +164,11 @@ from cacheman.app import make_redis
 from cacheman.auth import require
 from cacheman.origin.http import HttpOrigin
 from hotpath.settings import ApiSettings, load
+
+try:
+    import coredis
+except ImportError:  # optional: only for the coredis baseline
+    coredis = None
 
 settings = load(ApiSettings)
 KEY = os.environ["BENCH_KEY"]
@@ -212,11 +219,13 @@ async def lifespan(app):
     app.state.pyparser = aioredis.Redis.from_url(
         settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, socket_timeout=settings.redis_timeout_s,
         health_check_interval=15, max_connections=256, parser_class=_AsyncRESP2Parser)
-    app.state.coredis = coredis.Redis(host=u.hostname, port=u.port or 6379, db=int((u.path or "/0")[1:] or 0),
-                                      stream_timeout=settings.redis_timeout_s, connect_timeout=settings.redis_timeout_s)
     app.state.raw = await MiniRedis.connect(u.hostname, u.port or 6379)
     app.state.origin = HttpOrigin(os.environ["BENCH_DOUBLE_URL"], timeout_s=settings.origin_timeout_s)
-    async with app.state.coredis:
+    async with contextlib.AsyncExitStack() as stack:
+        if coredis is not None:
+            app.state.coredis = await stack.enter_async_context(coredis.Redis(
+                host=u.hostname, port=u.port or 6379, db=int((u.path or "/0")[1:] or 0),
+                stream_timeout=settings.redis_timeout_s, connect_timeout=settings.redis_timeout_s))
         yield
     await app.state.origin.aclose()
     await app.state.redis.aclose()
@@ -704,12 +713,15 @@ class Bench:
             "hit path, near off, no access log": {"url": self.api["quiet"] + path},
             "(a) auth + GET redis-py/hiredis": {"url": f"{self.base}/v1/{TENANT}/get/redispy"},
             "    auth + GET redis-py/py-parser": {"url": f"{self.base}/v1/{TENANT}/get/redispy-pyparser"},
-            "    auth + GET coredis": {"url": f"{self.base}/v1/{TENANT}/get/coredis"},
             "    auth + GET raw pipelined RESP": {"url": f"{self.base}/v1/{TENANT}/get/raw"},
             "    auth only, no Redis": {"url": f"{self.base}/v1/{TENANT}/bare"},
             "    auth only, rate limit off": {"url": f"{self.base_nolimit}/v1/{TENANT}/bare"},
             "(b) passthrough to dbman double": {"url": f"{self.base}/v1/{TENANT}/passthrough/rooms/{room}/members/{user}"},
         }
+        if importlib.util.find_spec("coredis") is not None:
+            variants["    auth + GET coredis"] = {"url": f"{self.base}/v1/{TENANT}/get/coredis"}
+        else:
+            self.notes.append("coredis is not installed: its baseline was skipped (pip install coredis into the venv)")
         print("\n1+2. membership-check hit path and its baselines (wrk)", flush=True)
         res = self.interleave(variants)
         a = res["(a) auth + GET redis-py/hiredis"]
@@ -729,6 +741,8 @@ class Bench:
               f"{a.rps:.0f}, {a.p99_ms:.0f} ms", f"{q.rps / a.rps:.2f}", "(no access log)", None)
         for name in ("    auth + GET redis-py/py-parser", "    auth + GET coredis", "    auth + GET raw pipelined RESP",
                      "    auth only, no Redis", "    auth only, rate limit off"):
+            if name not in res:
+                continue
             r = res[name]
             t.add(f"1. baseline {name.strip()}: req/s, p99", f"{r.rps:.0f}, {r.p99_ms:.0f} ms", f"{a.rps:.0f}, {a.p99_ms:.0f} ms",
                   f"{r.rps / a.rps:.2f}", "(vs (a))", None)
