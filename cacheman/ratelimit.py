@@ -9,6 +9,7 @@ broken limiter must never turn into an outage.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -21,6 +22,9 @@ from redis.exceptions import RedisError
 from cacheman.observability import REGISTRY
 
 log = logging.getLogger("cacheman.ratelimit")
+
+# A request waits for at most this many shared refills before taking a batch of its own.
+_MAX_WAITS = 8
 
 SCRIPT = (Path(__file__).parent / "lua" / "ratelimit.lua").read_text()
 
@@ -87,6 +91,7 @@ class RateLimiter:
         # tenant -> [tokens left, valid until]; tenant -> denied until (monotonic)
         self._local: dict[str, list] = {}
         self._denied_until: dict[str, float] = {}
+        self._inflight: dict[str, asyncio.Future] = {}
         self._redis_down_until = 0.0
         self._last_warning = 0.0
 
@@ -100,37 +105,62 @@ class RateLimiter:
         rate, burst = self.limits(tenant)
         if rate <= 0:
             return  # 0 = unlimited
-        now = time.monotonic()
+        # Concurrent requests that find no local token share one refill per tenant (single-flight):
+        # otherwise each would take its own batch from Redis and the batches would be wasted, draining the
+        # bucket far faster than the traffic (429s under the limit). Waiters then take from the refilled batch.
+        for _ in range(_MAX_WAITS):
+            now = time.monotonic()
+            if self._take_local(tenant, now):
+                return
+            denied = self._denied_until.get(tenant)
+            if denied is not None and now < denied:
+                RATE_LIMITED.labels(tenant).inc()
+                raise RateLimited(tenant, denied - now, rate, burst)
+            if now < self._redis_down_until:
+                FAIL_OPEN.inc()
+                return
+            pending = self._inflight.get(tenant)
+            if pending is None:
+                break
+            await asyncio.shield(pending)
+        await self._refill(tenant, rate, burst)
+
+    def _take_local(self, tenant: str, now: float) -> bool:
         local = self._local.get(tenant)
         if local is not None and local[0] > 0 and now < local[1]:
             local[0] -= 1
-            return
-        denied = self._denied_until.get(tenant)
-        if denied is not None and now < denied:
-            RATE_LIMITED.labels(tenant).inc()
-            raise RateLimited(tenant, denied - now, rate, burst)
-        if now < self._redis_down_until:
-            FAIL_OPEN.inc()
-            return
-        want = batch_size(rate, burst)
+            return True
+        return False
+
+    async def _refill(self, tenant: str, rate: float, burst: int) -> None:
+        """Take a batch from the Redis bucket: keep one token for this request, the rest for the waiters."""
+        done = asyncio.get_running_loop().create_future()
+        self._inflight[tenant] = done
         try:
-            granted, retry_ms = await self._script(keys=[self.key(tenant)], args=[rate, burst, want])
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._fail_open(exc, now)
-            return
-        granted, retry_ms = int(granted), int(retry_ms)
-        if granted > 0:
-            self._denied_until.pop(tenant, None)
-            if granted > 1:
-                self._local[tenant] = [granted - 1, now + self.local_ttl_s]
-            return
-        retry_s = retry_ms / 1000
-        # Remember the refusal briefly so a flood is refused locally instead of by Redis.
-        self._denied_until[tenant] = now + min(retry_s, 0.1)
-        if len(self._denied_until) > 10000:
-            self._denied_until.clear()
-        RATE_LIMITED.labels(tenant).inc()
-        raise RateLimited(tenant, retry_s, rate, burst)
+            now = time.monotonic()
+            try:
+                granted, retry_ms = await self._script(keys=[self.key(tenant)], args=[rate, burst, batch_size(rate, burst)])
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._fail_open(exc, now)
+                return
+            granted, retry_ms = int(granted), int(retry_ms)
+            if granted > 0:
+                self._denied_until.pop(tenant, None)
+                local = self._local.get(tenant)
+                left = local[0] if local is not None and now < local[1] else 0
+                self._local[tenant] = [left + granted - 1, now + self.local_ttl_s]
+                return
+            retry_s = retry_ms / 1000
+            # Remember the refusal briefly so a flood is refused locally instead of by Redis.
+            self._denied_until[tenant] = now + min(retry_s, 0.1)
+            if len(self._denied_until) > 10000:
+                self._denied_until.clear()
+            RATE_LIMITED.labels(tenant).inc()
+            raise RateLimited(tenant, retry_s, rate, burst)
+        finally:
+            if self._inflight.get(tenant) is done:
+                del self._inflight[tenant]
+            done.set_result(None)
 
     def _fail_open(self, exc: BaseException, now: float) -> None:
         FAIL_OPEN.inc()

@@ -151,3 +151,33 @@ async def test_redis_down_fails_open_then_recovers():
             codes = [(await c.get("/v1/acme/x", headers=headers())).status_code for _ in range(3)]
         assert codes == [200, 429, 429]
     await r.aclose()
+
+
+async def test_concurrent_requests_under_the_limit_share_refills_and_are_never_refused(redis_client, key_prefix):
+    """Regression: every request that found no local token used to take its own batch from Redis and
+    overwrite the local one, so 32 concurrent requests spent ~32 batches and 429'd traffic under the limit."""
+    limiter = RateLimiter(redis_client, prefix=key_prefix.rstrip(":"), rate_per_s=4000, burst=400)
+    assert batch_size(4000, 400) == 40
+    calls = 0
+    real = limiter._script
+
+    async def slow_counting(**kw):
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.005)  # a Redis round trip under load: concurrent requests pile up behind it
+        return await real(**kw)
+
+    limiter._script = slow_counting
+
+    async def wave():
+        results = await asyncio.gather(*[limiter.acquire("acme") for _ in range(32)], return_exceptions=True)
+        return [r for r in results if isinstance(r, BaseException)]
+
+    refused = []
+    for _ in range(10):  # 320 requests, well under the burst of 400
+        refused += await wave()
+    assert refused == []
+    # 320 tokens in batches of 40 (10 ms of 4000/s): about 8 calls, not one per waiting request
+    assert calls <= 12, calls
+    tokens = float(await redis_client.hget(f"{key_prefix.rstrip(':')}:acme:ratelimit", "tokens"))
+    assert tokens >= 400 - 320 - 40  # the bucket lost what was used plus at most one unspent batch
