@@ -58,7 +58,7 @@ def test_no_server_errors_anywhere_in_the_schema(live_api):
          # ("AST constructor recursion depth mismatch"), a generator bug, not an API response.
          "--phases", "examples,fuzzing,stateful",
          "--max-examples", "40", "--max-time", "60", "--seed", "1234",
-         "--request-timeout", "10", "--workers", "2", "--warnings", "off"],
+         "--request-timeout", "30", "--workers", "2", "--warnings", "off"],
         capture_output=True, text=True, timeout=300, cwd=log.parent,  # its example database stays in tmp
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + "\n--- api log ---\n" + log.read_text()[-3000:]
