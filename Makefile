@@ -33,7 +33,10 @@ test: install-test
 lint: install-test
 	$(BIN)/ruff check .
 
+# Load comes from wrk in a separate process (Debian: apt-get install -y wrk).
 bench: install-test
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk"; exit 1; }
+	$(BIN)/python bench/json_bench.py
 	$(BIN)/python bench/cache_bench.py
 	$(BIN)/python bench/taskkit_bench.py
 
