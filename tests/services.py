@@ -67,7 +67,22 @@ def start_valkey(port: int | None = None) -> Iterator[object]:
         server.stop()
 
 
-class MilvusLite:
+class _ServerProcess:
+    """A server subprocess that a test may stop (SIGTERM) or kill (SIGKILL)."""
+
+    proc: subprocess.Popen | None = None
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class MilvusLite(_ServerProcess):
     """A `milvus-lite server` subprocess on a free port and its own data dir."""
 
     def __init__(self, data_dir: str | None = None, port: int | None = None) -> None:
@@ -90,14 +105,6 @@ class MilvusLite:
         wait_port("127.0.0.1", self.port, timeout=90, proc=self.proc)
         return self
 
-    def stop(self, kill: bool = False) -> None:
-        if self.proc and self.proc.poll() is None:
-            (self.proc.kill if kill else self.proc.terminate)()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
     def close(self) -> None:
         self.stop()
@@ -105,7 +112,7 @@ class MilvusLite:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-class S3Server:
+class S3Server(_ServerProcess):
     """moto's S3-compatible server in its own process (so a fault test can kill it)."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -128,11 +135,3 @@ class S3Server:
         wait_port("127.0.0.1", self.port, timeout=60, proc=self.proc)
         return self
 
-    def stop(self, kill: bool = False) -> None:
-        if self.proc and self.proc.poll() is None:
-            (self.proc.kill if kill else self.proc.terminate)()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)

@@ -15,16 +15,10 @@ from cacheman.errors import OriginUnavailable
 from cacheman.events import Event
 from cacheman.keys import Keys
 from cacheman.leases import jittered_ttl_ms
-from tests.cacheman.cache_fakes import FakeOrigin, make_cache, redis_client
+from tests.cacheman.cache_fakes import FakeOrigin, make_cache
 
 T = "acme"
 
-
-@pytest.fixture
-async def redis(redis_url):
-    client = redis_client(redis_url)
-    yield client
-    await client.aclose()
 
 
 def _value(metric) -> float:

@@ -17,12 +17,6 @@ from tests.services import free_port
 T = "acme"
 
 
-@pytest.fixture
-async def redis(redis_url):
-    client = redis_client(redis_url)
-    yield client
-    await client.aclose()
-
 
 def test_documented_wire_shape_parses_and_unused_fields_may_be_omitted():
     ev = Event.model_validate(

@@ -7,7 +7,6 @@ import asyncio
 import time
 import uuid
 
-import pytest
 import redis.asyncio as aioredis
 
 from cacheman.cache import CacheConfig, CacheService
@@ -18,12 +17,6 @@ from tests.cacheman.cache_fakes import FakeOrigin, redis_client
 
 T = "acme"
 
-
-@pytest.fixture
-async def redis(redis_url):
-    client = redis_client(redis_url)
-    yield client
-    await client.aclose()
 
 
 class Process:

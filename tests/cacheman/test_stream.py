@@ -14,16 +14,10 @@ from cacheman.auth import mint_token
 from cacheman.errors import DependencyUnavailable
 from cacheman.stream import StreamConsumer
 from hotpath.settings import ApiSettings
-from tests.cacheman.cache_fakes import FakeOrigin, make_cache, redis_client
+from tests.cacheman.cache_fakes import FakeOrigin, make_cache
 
 T = "acme"
 
-
-@pytest.fixture
-async def redis(redis_url):
-    client = redis_client(redis_url)
-    yield client
-    await client.aclose()
 
 
 def entry(event: dict, tenant: str = T) -> dict:
