@@ -5,7 +5,8 @@
 - `pg_schema`: a fresh schema for one test, dropped afterwards.
 - `milvus_uri`: a Milvus Lite server on a temp dir (one per session).
 - `s3_endpoint`: a moto S3 server (one per session).
-- `key_prefix`: a unique Redis key prefix for one test; keys under it are deleted afterwards (SCAN, never KEYS).
+- `key_prefix`: a unique Redis key prefix for one test; keys under it (and ARQ keys of job ids under it) are
+  deleted afterwards (SCAN, never KEYS).
 """
 
 from __future__ import annotations
@@ -43,14 +44,16 @@ def key_prefix(redis_url: str) -> Iterator[str]:
     yield prefix
     client = redis.Redis.from_url(redis_url)
     try:
-        batch = []
-        for key in client.scan_iter(match=prefix + "*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
+        # The test's own keys, and ARQ's job/result/in-progress/retry keys, whose job ids carry the prefix.
+        for pattern in (prefix + "*", "arq:*:" + prefix + "*"):
+            batch = []
+            for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    client.unlink(*batch)
+                    batch.clear()
+            if batch:
                 client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
     finally:
         client.close()
 
