@@ -140,16 +140,12 @@ class IndexWorkerSettings(CommonSettings, MilvusSettings):
     """`hotpath worker index`: embeds messages and indexes them in Milvus."""
 
     index_concurrency: int = Field(16, ge=1, le=1000, description="Concurrent index jobs per worker process.")
-    embedder: Literal["minilm", "hashing"] = Field(
-        "minilm", description="`minilm` (offline all-MiniLM-L6-v2, 384-d) or `hashing` (fast, for tests)."
-    )
 
 
 class ThumbWorkerSettings(CommonSettings, StorageSettings):
     """`hotpath worker thumb`: makes thumbnails of uploaded images."""
 
     thumb_concurrency: int = Field(4, ge=1, le=1000, description="Concurrent thumbnail jobs per worker process.")
-    thumb_sizes: list[int] = Field(default_factory=lambda: [64, 256, 1024], description="Thumbnail sizes (longest edge, px), JSON list.")
 
 
 class OpsSettings(CommonSettings):

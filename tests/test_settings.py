@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hotpath.settings import ApiSettings, SettingsError, ThumbWorkerSettings, describe_settings, load
+from hotpath.settings import ApiSettings, SettingsError, describe_settings, load
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTPATH = str(Path(sys.executable).parent / "hotpath")
@@ -47,16 +47,16 @@ def test_invalid_setting_message(var, value, words, monkeypatch, tmp_path):
     assert "\n" not in msg
 
 
-def test_list_setting_rejects_wrong_item_type(monkeypatch, tmp_path):
+def test_nested_setting_names_the_part_that_is_wrong(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOTPATH_THUMB_SIZES", '["big"]')
-    with pytest.raises(SettingsError, match=r"HOTPATH_THUMB_SIZES .*at thumb_sizes\.0"):
-        load(ThumbWorkerSettings)
+    monkeypatch.setenv("HOTPATH_RATE_LIMIT_TENANTS", '{"acme": ["fast", 10]}')
+    with pytest.raises(SettingsError, match=r"HOTPATH_RATE_LIMIT_TENANTS .*at rate_limit_tenants\.acme\.0"):
+        load(ApiSettings)
 
 
 @pytest.mark.parametrize("argv", [["api"], ["worker", "thumb"], ["dev"]])
 def test_cli_prints_one_line_not_a_traceback(argv, tmp_path):
-    env = _clean_env(HOTPATH_PORT="eighty", HOTPATH_THUMB_SIZES="[1,", HOTPATH_REDIS_URL="nope")
+    env = _clean_env(HOTPATH_PORT="eighty", HOTPATH_JWT_KEYS="{oops", HOTPATH_REDIS_URL="nope")
     proc = subprocess.run([HOTPATH, *argv], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
