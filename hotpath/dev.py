@@ -363,7 +363,7 @@ def _banner(api: str, parts: list[tuple[str, str]], settings, sqlite_path: Path 
     lines.append(f"  api       {api}   (docs: {api}/docs, metrics: {api}/metrics)")
     for name, where in parts:
         lines.append(f"  {name:<9} {where}")
-    lines.append(f"  logs      {logs} (infrastructure); api and workers log JSON lines here")
+    lines.append(f"  logs      {logs} (Valkey, S3, Milvus); the api and workers log JSON lines to this terminal")
     lines += ["", "Development bearer token (7 days, all tenants, all scopes):", f"  export TOKEN={token}", "", "Try:"]
     lines.append(f"  curl -s {api}/readyz")
     lines.append(f"  curl -s -H \"Authorization: Bearer $TOKEN\" {api}/v1/{tenant}/rooms/{room}/members/{user} -i")
