@@ -247,17 +247,20 @@ def queue_audit(limit: int = typer.Option(50, "--limit", "-n", help="Show at mos
     _console().print(t)
 
 
+def _ls(which: str, title: str, flt, limit: int, as_json: bool) -> None:
+    recs = _run(lambda ins: ins.list(which, flt, limit))
+    if as_json:
+        _json([r.to_dict(with_traceback=False) for r in recs])
+    else:
+        _records_table(title, recs, dead=which == "dead")
+
+
 # --- retry ----------------------------------------------------------------------------------------
 @retry_app.command("ls")
 def retry_ls(queue: str = _Q, task: str = _T, error: str = _E, older_than: str = _OLD, newer_than: str = _NEW,
              limit: int = _LIMIT, as_json: bool = _JSON) -> None:
     """List jobs waiting for their next attempt (soonest first)."""
-    flt = _filter(queue, task, error, older_than, newer_than)
-    recs = _run(lambda ins: ins.list("retry", flt, limit))
-    if as_json:
-        _json([r.to_dict(with_traceback=False) for r in recs])
-    else:
-        _records_table("retry queue", recs, dead=False)
+    _ls("retry", "retry queue", _filter(queue, task, error, older_than, newer_than), limit, as_json)
 
 
 @retry_app.command("show")
@@ -289,12 +292,7 @@ def retry_drop(job_ids: list[str] = _IDS, queue: str = _Q, task: str = _T, error
 def dlq_ls(queue: str = _Q, task: str = _T, error: str = _E, older_than: str = _OLD, newer_than: str = _NEW,
            limit: int = _LIMIT, as_json: bool = _JSON) -> None:
     """List dead-lettered jobs (oldest death first)."""
-    flt = _filter(queue, task, error, older_than, newer_than)
-    recs = _run(lambda ins: ins.list("dead", flt, limit))
-    if as_json:
-        _json([r.to_dict(with_traceback=False) for r in recs])
-    else:
-        _records_table("dead-letter queue", recs, dead=True)
+    _ls("dead", "dead-letter queue", _filter(queue, task, error, older_than, newer_than), limit, as_json)
 
 
 @dlq_app.command("show")

@@ -10,9 +10,8 @@ import asyncio
 import logging
 from urllib.parse import urlparse
 
-from arq.worker import run_worker
-
 from taskkit import task
+from taskkit.fastworker import run_worker
 from taskkit.worker import redis_settings_from_url, worker_settings
 
 log = logging.getLogger("thumb_worker")
@@ -66,14 +65,9 @@ def build_worker_settings(settings) -> type:
 
 
 def run(settings, *, fast: bool = True) -> None:
-    # fast: taskkit's FastWorker on uvloop (batched job claims and ends on ARQ's keys); otherwise, as with
-    # `arq ...WorkerSettings`, ARQ's own Worker. Both can serve the same queue at once.
-    if not fast:
-        run_worker(build_worker_settings(settings))
-        return
-    from taskkit.fastworker import run_worker as run_fast_worker
-
-    run_fast_worker(build_worker_settings(settings))
+    """fast: taskkit's FastWorker on uvloop (batched job claims and ends on ARQ's keys); otherwise, as with
+    `arq ...WorkerSettings`, ARQ's own Worker. Both can serve the same queue at once."""
+    run_worker(build_worker_settings(settings), fast=fast, use_uvloop=fast)
 
 
 def __getattr__(name: str):

@@ -4,40 +4,25 @@ double killed and restarted (stale-if-error, 503 naming the origin, then recover
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 
 from cacheman.app import create_app
 from cacheman.auth import mint_token
 from cacheman.errors import DependencyUnavailable, OriginUnavailable
 from cacheman.origin.http import HttpOrigin
-from cacheman.origin.sql import SqlOrigin, init_schema
+from cacheman.origin.sql import SqlOrigin
 from hotpath.settings import ApiSettings
 from tests.cacheman.cache_fakes import FakeOrigin, make_cache, redis_client
+from tests.cacheman.conftest import running
 from tests.services import free_port, start_valkey, wait_port
 
 SECRET = "degraded-test-secret-0123456789-0123456789"
 T = "acme"
 H = {"Authorization": "Bearer " + mint_token(SECRET, kid="t1", sub="chat", tenants=[T], scope="cache:read cache:write", ttl_s=3600)}
-
-
-@pytest.fixture(scope="module")
-def sqlite_url(tmp_path_factory):
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('origin') / 'origin.db'}"
-    asyncio.run(init_schema(url, demo=True))
-    return url
-
-
-@contextlib.asynccontextmanager
-async def running(app):
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            yield client
 
 
 async def _until(fn, within_s: float = 8.0):

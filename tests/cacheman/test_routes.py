@@ -6,16 +6,14 @@ bodies answer 4xx with a message (never 500); an event's effect is visible as so
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import httpx
 import pytest
 
 from cacheman.app import create_app
 from cacheman.auth import mint_token
-from cacheman.origin.sql import SqlOrigin, init_schema
+from cacheman.origin.sql import SqlOrigin
 from hotpath.settings import ApiSettings
+from tests.cacheman.conftest import running
 
 SECRET = "routes-test-secret-0123456789-0123456789"
 T, OTHER = "acme", "globex"
@@ -23,20 +21,6 @@ T, OTHER = "acme", "globex"
 
 def token(tenants=(T,), scope="cache:read cache:write") -> dict[str, str]:
     return {"Authorization": "Bearer " + mint_token(SECRET, kid="t1", sub="chat", tenants=list(tenants), scope=scope, ttl_s=600)}
-
-
-@pytest.fixture(scope="module")
-def sqlite_url(tmp_path_factory):
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('origin') / 'origin.db'}"
-    asyncio.run(init_schema(url, demo=True))
-    return url
-
-
-@contextlib.asynccontextmanager
-async def running(app):
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            yield client
 
 
 @pytest.fixture
