@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import urlparse
 
 from taskkit import task
 from taskkit.fastworker import run_worker
@@ -25,14 +24,10 @@ async def ping(ctx) -> str:
 
 
 def make_client(settings):
-    """A MinIO SDK client with connect/read timeouts (the SDK's default has none)."""
-    import urllib3
-    from minio import Minio
+    """A MinIO SDK client with connect/read timeouts (thumb_worker/storage.py; the SDK's default has none)."""
+    from thumb_worker.storage import minio_from_settings
 
-    u = urlparse(settings.s3_endpoint)
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=30), retries=urllib3.Retry(total=2, backoff_factor=0.2))
-    return Minio(u.netloc, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
-                 secure=u.scheme == "https", region=settings.s3_region, http_client=http)
+    return minio_from_settings(settings)
 
 
 async def _check_storage(settings) -> None:
