@@ -11,6 +11,7 @@ from enum import StrEnum
 
 import typer
 
+from hotpath import queue_cli
 from hotpath.settings import SettingsError
 
 app = typer.Typer(
@@ -77,10 +78,14 @@ def worker(kind: WorkerKind = typer.Argument(..., help="Which worker: index (Mil
     settings = _settings(cls)
     setup_logging(f"worker-{kind.value}", settings.log_level)
     if kind is WorkerKind.index:
-        from index_worker.worker import run
+        from index_worker.worker import build_worker_settings
     else:
-        from thumb_worker.worker import run
-    run(settings)
+        from thumb_worker.worker import build_worker_settings
+    from taskkit.fastworker import run_worker
+
+    # taskkit's FastWorker on uvloop (batched job claims and ends on ARQ's keys); `arq ...WorkerSettings`
+    # runs ARQ's own Worker on the same class. Both can serve the same queue at once.
+    run_worker(build_worker_settings(settings))
 
 
 @app.command()
@@ -187,16 +192,9 @@ def settings_cmd(
     Console().print(table)
 
 
-def _mount_ops() -> None:
-    """The operators' verbs (queue, retry, dlq) live in taskkit's CLI; mount them when present."""
-    try:
-        from taskkit.cli import register
-    except ImportError:
-        return
-    register(app)
-
-
-_mount_ops()
+# The operators' verbs (queue, retry, dlq; hotpath/queue_cli.py), imported unconditionally: a broken
+# import must fail the command loudly, not silently drop the verbs.
+queue_cli.register(app)
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 Runnable as `hotpath worker index` or `arq index_worker.worker.WorkerSettings` (the latter reads the
 same HOTPATH_* settings at import). On start it checks that Milvus answers, so a wrong
-HOTPATH_MILVUS_URI is reported at once with the variable's name.
+HOTPATH_MILVUS_URI is reported at once with the variable's name. Everything both workers share is
+taskkit's `service_worker_settings`; this module holds only what is the index worker's own.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import asyncio
 import logging
 
 from taskkit import task
-from taskkit.fastworker import run_worker
-from taskkit.worker import redis_settings_from_url, worker_settings
+from taskkit.worker import service_worker_settings
 
 log = logging.getLogger("index_worker")
 QUEUE = "index"
@@ -24,8 +24,10 @@ async def ping(ctx) -> str:
     return "pong"
 
 
-async def _check_milvus(uri: str, timeout_s: float) -> None:
+async def _check_milvus(settings) -> None:
     from pymilvus import MilvusClient
+
+    uri, timeout_s = settings.milvus_uri, settings.milvus_timeout_s
 
     def connect() -> list[str]:
         client = MilvusClient(uri=uri, timeout=timeout_s)
@@ -42,27 +44,9 @@ async def _check_milvus(uri: str, timeout_s: float) -> None:
 
 
 def build_worker_settings(settings) -> type:
-    """The ARQ WorkerSettings class of the index queue (taskkit: retries, dead letters, health record)."""
-
-    async def startup(ctx) -> None:
-        ctx["settings"] = settings
-        await _check_milvus(settings.milvus_uri, settings.milvus_timeout_s)
-
-    return worker_settings(
-        QUEUE,
-        [ping],
-        redis_settings=redis_settings_from_url(settings.redis_url, conn_timeout=int(max(1, settings.redis_timeout_s))),
-        concurrency=settings.index_concurrency,
-        prefix=settings.taskkit_prefix,
-        on_startup=startup,
-        extra={"handle_signals": True, "job_completion_wait": 8},
-    )
-
-
-def run(settings, *, fast: bool = True) -> None:
-    """fast: taskkit's FastWorker on uvloop (batched job claims and ends on ARQ's keys); otherwise, as with
-    `arq ...WorkerSettings`, ARQ's own Worker. Both can serve the same queue at once."""
-    run_worker(build_worker_settings(settings), fast=fast, use_uvloop=fast)
+    """The ARQ WorkerSettings class of the index queue, from IndexWorkerSettings."""
+    return service_worker_settings(QUEUE, [ping], settings, concurrency=settings.index_concurrency,
+                                   check=_check_milvus)
 
 
 def __getattr__(name: str):

@@ -2,7 +2,8 @@
 
 Adds what ARQ lacks: a retry policy with backoff and error classification, a visible retry queue, a
 dead-letter queue, idempotency keys, producer backpressure, an AIMD rate controller, batching, metrics
-and an ops API/CLI. A worker is still an ARQ WorkerSettings class and a task is still `async f(ctx, ...)`.
+and an ops API (`Inspector`; its CLI, `hotpath queue|retry|dlq`, lives at the edge in hotpath/).
+A worker is still an ARQ WorkerSettings class and a task is still `async f(ctx, ...)`.
 
     from taskkit import task, RetryPolicy, worker_settings, Producer, QueueFull
 """
@@ -22,8 +23,8 @@ from taskkit.errors import (
 )
 from taskkit.fastworker import FastWorker
 from taskkit.idempotency import Enqueued
-from taskkit.inspect import Filter, Inspector
 from taskkit.keys import Keys
+from taskkit.ops import Filter, Inspector
 from taskkit.producer import Producer
 from taskkit.records import JobRecord
 from taskkit.retry import RetryPolicy, Verdict

@@ -23,12 +23,16 @@ keys expire: nothing is removed from the queue before the job's end is written),
 check key, cron jobs, on_job_start/on_job_end/after_job_end. Not supported: `allow_abort_jobs=True` -- such
 a worker runs ARQ's own loop unchanged. `arq module.WorkerSettings` still builds a plain ARQ Worker; use
 `create_worker(settings, fast=True)` / `run_worker(settings)` from here for the fast path.
+
+`_run_claimed` and `close` are copies of ARQ 0.28.0's `Worker.run_job` and `Worker.close`, so importing
+this module with another ARQ version fails (see `check_arq_version`) until both are re-checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import signal
 from typing import Any
@@ -47,6 +51,23 @@ from arq.utils import args_to_string, ms_to_datetime, timestamp_ms, to_ms, trunc
 from arq.worker import JobExecutionFailed, Retry, RetryJob, Worker, get_kwargs
 
 from taskkit.scripts import source
+
+# The ARQ release whose Worker.run_job and Worker.close this module copies.
+ARQ_VERSION = "0.28.0"
+
+
+def check_arq_version(installed: str) -> None:
+    """Refuse an ARQ other than the one FastWorker's copied code was written against."""
+    if installed != ARQ_VERSION:
+        raise RuntimeError(
+            f"taskkit.fastworker copies arq {ARQ_VERSION}'s internals, but arq {installed} is installed. "
+            f"Re-check both copies against arq/worker.py of {installed}: FastWorker._run_claimed (a copy of "
+            "arq.worker.Worker.run_job) and FastWorker.close (a copy of arq.worker.Worker.close), then set "
+            "ARQ_VERSION in taskkit/fastworker.py (or install arq==" + ARQ_VERSION + ")."
+        )
+
+
+check_arq_version(importlib.metadata.version("arq"))
 
 logger = logging.getLogger("arq.worker")  # the same log lines as ARQ's worker
 _no_result = object()

@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from arq.connections import RedisSettings
 from arq.worker import Retry, func
@@ -317,6 +317,41 @@ def worker_settings(queue: str, tasks: Sequence[Any], *, redis_settings: RedisSe
     return type(class_name, (), attrs)
 
 
+class ServiceConfig(Protocol):
+    """What a service worker needs from the settings the edge loaded (hotpath's CommonSettings has it)."""
+
+    redis_url: str
+    redis_timeout_s: float
+    taskkit_prefix: str
+
+
+# A service worker's drain on SIGTERM: running jobs get this long to finish, then they run again elsewhere.
+SHUTDOWN_DRAIN_S = 8
+
+
+def service_worker_settings(queue: str, tasks: Sequence[Any], settings: ServiceConfig, *, concurrency: int,
+                            check: Callable[[Any], Awaitable[None]] | None = None, **kwargs: Any) -> type:
+    """The WorkerSettings of one of hotpath's workers (`hotpath worker <kind>`, `arq <kind>_worker.worker.
+    WorkerSettings`): Redis URL, timeout and key prefix from `settings`, `ctx["settings"] = settings`,
+    `await check(settings)` at start-up (a dependency that does not answer stops the worker at once, with
+    the setting to fix), SIGTERM handled with a drain of SHUTDOWN_DRAIN_S. `kwargs` go to worker_settings.
+
+    So a worker module holds only what differs: its queue, its tasks, its check and its concurrency.
+    """
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["settings"] = settings
+        if check is not None:
+            await check(settings)
+
+    extra = {"handle_signals": True, "job_completion_wait": SHUTDOWN_DRAIN_S, **kwargs.pop("extra", {})}
+    return worker_settings(
+        queue, tasks,
+        redis_settings=redis_settings_from_url(settings.redis_url, conn_timeout=int(max(1, settings.redis_timeout_s))),
+        concurrency=concurrency, prefix=settings.taskkit_prefix, on_startup=startup, extra=extra, **kwargs,
+    )
+
+
 def redis_settings_from_url(url: str, **kwargs: Any) -> RedisSettings:
     """ARQ RedisSettings from a redis:// URL (a thin alias of RedisSettings.from_dsn)."""
     s = RedisSettings.from_dsn(url)
@@ -325,4 +360,4 @@ def redis_settings_from_url(url: str, **kwargs: Any) -> RedisSettings:
     return s
 
 
-__all__ = ["Runtime", "redis_settings_from_url", "worker_settings"]
+__all__ = ["Runtime", "ServiceConfig", "redis_settings_from_url", "service_worker_settings", "worker_settings"]

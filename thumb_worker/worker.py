@@ -2,6 +2,8 @@
 
 Runnable as `hotpath worker thumb` or `arq thumb_worker.worker.WorkerSettings`. On start it checks
 that object storage answers and the uploads bucket exists, naming the setting to fix if not.
+Everything both workers share is taskkit's `service_worker_settings`; this module holds only what is
+the thumbnail worker's own.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ import asyncio
 import logging
 
 from taskkit import task
-from taskkit.fastworker import run_worker
-from taskkit.worker import redis_settings_from_url, worker_settings
+from taskkit.worker import service_worker_settings
+from thumb_worker.storage import minio_from_settings
 
 log = logging.getLogger("thumb_worker")
 QUEUE = "thumb"
@@ -23,15 +25,8 @@ async def ping(ctx) -> str:
     return "pong"
 
 
-def make_client(settings):
-    """A MinIO SDK client with connect/read timeouts (thumb_worker/storage.py; the SDK's default has none)."""
-    from thumb_worker.storage import minio_from_settings
-
-    return minio_from_settings(settings)
-
-
 async def _check_storage(settings) -> None:
-    client = make_client(settings)
+    client = minio_from_settings(settings)
     try:
         exists = await asyncio.to_thread(client.bucket_exists, settings.uploads_bucket)
     except Exception as exc:
@@ -44,28 +39,13 @@ async def _check_storage(settings) -> None:
 
 
 def build_worker_settings(settings) -> type:
-    async def startup(ctx) -> None:
-        ctx["settings"] = settings
-        await _check_storage(settings)
-
-    return worker_settings(
-        QUEUE,
-        [ping],
-        redis_settings=redis_settings_from_url(settings.redis_url, conn_timeout=int(max(1, settings.redis_timeout_s))),
-        concurrency=settings.thumb_concurrency,
-        prefix=settings.taskkit_prefix,
-        on_startup=startup,
-        extra={"handle_signals": True, "job_completion_wait": 8},
-    )
-
-
-def run(settings, *, fast: bool = True) -> None:
-    """fast: taskkit's FastWorker on uvloop (batched job claims and ends on ARQ's keys); otherwise, as with
-    `arq ...WorkerSettings`, ARQ's own Worker. Both can serve the same queue at once."""
-    run_worker(build_worker_settings(settings), fast=fast, use_uvloop=fast)
+    """The ARQ WorkerSettings class of the thumb queue, from ThumbWorkerSettings."""
+    return service_worker_settings(QUEUE, [ping], settings, concurrency=settings.thumb_concurrency,
+                                   check=_check_storage)
 
 
 def __getattr__(name: str):
+    # `arq thumb_worker.worker.WorkerSettings`: settings are read from the environment only then.
     if name == "WorkerSettings":
         from hotpath.settings import ThumbWorkerSettings, load
 

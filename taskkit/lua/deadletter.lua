@@ -5,6 +5,9 @@
 -- KEYS: 1 dlq index zset, 2 dlq record hash, 3 retry index, 4 retry record, 5 idempotency key, 6 stats
 -- ARGV: 1 job_id, 2 now ms, 3 max count, 4 record prefix, 5 max age ms, 6 has idempotency (1/0),
 --       7.. field/value pairs
+-- One call removes at most TRIM_BATCH entries per bound (age, count), so a huge backlog is trimmed over
+-- several calls instead of blocking Redis in one.
+local TRIM_BATCH = 1000
 local now = tonumber(ARGV[2])
 if ARGV[1] ~= '' then
   local first = redis.call('HGET', KEYS[4], 'first_failed_ms') or ARGV[2]
@@ -21,7 +24,7 @@ end
 local trimmed = 0
 local max_age = tonumber(ARGV[5])
 if max_age > 0 then
-  local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - max_age, 'LIMIT', 0, 1000)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - max_age, 'LIMIT', 0, TRIM_BATCH)
   for _, id in ipairs(old) do
     redis.call('DEL', ARGV[4] .. id)
     redis.call('ZREM', KEYS[1], id)
@@ -30,7 +33,7 @@ if max_age > 0 then
 end
 local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
 if over > 0 then
-  local ids = redis.call('ZRANGE', KEYS[1], 0, math.min(over, 1000) - 1)
+  local ids = redis.call('ZRANGE', KEYS[1], 0, math.min(over, TRIM_BATCH) - 1)
   for _, id in ipairs(ids) do
     redis.call('DEL', ARGV[4] .. id)
     redis.call('ZREM', KEYS[1], id)

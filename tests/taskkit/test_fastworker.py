@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import subprocess
+import sys
 
 import pytest
 from arq.connections import create_pool
@@ -189,3 +191,24 @@ async def test_max_burst_jobs_and_create_worker(pool, arq_redis, tk_prefix):
     await w.close()
     assert w.jobs_complete == 12
     assert await pool.zcard(q) == 18
+
+
+def test_importing_with_another_arq_version_fails_naming_both_copies():
+    import importlib.metadata
+
+    from taskkit.fastworker import ARQ_VERSION, check_arq_version
+
+    assert importlib.metadata.version("arq") == ARQ_VERSION  # what this suite runs on
+    check_arq_version(ARQ_VERSION)
+    with pytest.raises(RuntimeError) as err:
+        check_arq_version("0.29.0")
+    msg = str(err.value)
+    assert "arq 0.29.0 is installed" in msg
+    assert "FastWorker._run_claimed" in msg and "Worker.run_job" in msg
+    assert "FastWorker.close" in msg and "Worker.close" in msg
+    # and the check really runs at import: a fresh interpreter that reports another ARQ cannot import it
+    code = ("import importlib.metadata as m; real = m.version; "
+            "m.version = lambda name: '0.29.0' if name == 'arq' else real(name); import taskkit.fastworker")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "arq 0.29.0 is installed" in proc.stderr and "FastWorker._run_claimed" in proc.stderr, proc.stderr[-2000:]

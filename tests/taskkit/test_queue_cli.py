@@ -1,10 +1,13 @@
-"""The ops CLI on a populated queue: every verb with --json parsed, filters, --dry-run, refusal without
---yes, and the audit log. Runs `hotpath` in-process (typer's CliRunner) against the test Redis."""
+"""The ops CLI (hotpath/queue_cli.py, over taskkit's ops API) on a populated queue: every verb with --json
+parsed, filters, --dry-run, refusal without --yes, and the audit log. Runs `hotpath` in-process (typer's
+CliRunner) against the test Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -53,7 +56,8 @@ def populated(redis_url, tk_prefix, monkeypatch):
             async with running_worker(cls):
                 await wait_until(lambda: ins.count("dead"), within=10)
                 await wait_until(lambda: _count(ins, 3, 2), within=10)
-                await asyncio.sleep(0.1)
+                # and ARQ has written each attempt's end (no in-progress key left) before the worker stops
+                await wait_until(lambda: _no_in_progress(redis, tk_prefix), within=10)
             return flaky
         finally:
             await redis.aclose()
@@ -63,6 +67,10 @@ def populated(redis_url, tk_prefix, monkeypatch):
     monkeypatch.setenv("HOTPATH_TASKKIT_PREFIX", tk_prefix)
     monkeypatch.setenv("HOTPATH_OPS_USER", "carol")
     return {"flaky": flaky}
+
+
+async def _no_in_progress(redis, prefix: str) -> bool:
+    return not [k async for k in redis.scan_iter(match=f"arq:in-progress:{prefix}*", count=1000)]
 
 
 async def _count(ins, dead, retry):
@@ -184,3 +192,24 @@ def test_changing_verbs_and_audit(populated, redis_url, tk_prefix):
     assert audit[0]["filter"] == {"task": "cli_broken"} and audit[2]["job_ids"] == [b]
     assert all(e["at_ms"] > (time.time() - 60) * 1000 for e in audit)
     assert "dead.purge" in cli("queue", "audit").stdout
+
+
+def test_a_broken_ops_import_fails_the_command_loudly():
+    # The verbs used to be mounted under `try: import ... except ImportError: return`: a bug in their import
+    # silently removed `hotpath queue|retry|dlq`. Now the import error reaches the user.
+    code = "import sys; sys.modules['taskkit.ops'] = None; import hotpath.cli"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "import of taskkit.ops halted" in proc.stderr, proc.stderr[-2000:]
+    assert {"queue", "retry", "dlq"} <= {c.name for c in app.registered_groups}  # mounted when it imports
+
+
+def test_taskkit_imports_nothing_from_the_edge():
+    # taskkit is a library: no module of it may import hotpath (settings, CLI) or a package built on it.
+    code = ("import importlib, pkgutil, sys, taskkit\n"
+            "for m in pkgutil.iter_modules(taskkit.__path__): importlib.import_module('taskkit.' + m.name)\n"
+            "print(sorted({n.split('.')[0] for n in sys.modules} & "
+            "{'hotpath', 'cacheman', 'index_worker', 'thumb_worker'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -1,5 +1,6 @@
 """The ops API: stats, list, show, requeue, drop, purge and the audit log — one library used by the
-CLI, the tests and the HTTP API alike (the CLI only formats what this returns).
+CLI (`hotpath queue|retry|dlq`, in hotpath/queue_cli.py), the tests and the HTTP API alike; the CLI only
+formats what this returns (as Sidekiq's api.rb under its web UI). Not `inspect.py`: that shadows the stdlib.
 
 Reads go through indexes (`queues` set, `retry:<queue>` and `dlq:<queue>` sorted sets) and SCAN, never
 KEYS. Every requeue/drop/purge that changes something is appended to an audit stream (who, when, what,
@@ -8,12 +9,14 @@ how many), capped at 10,000 entries.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import orjson
+from redis.asyncio import Redis
 
 from taskkit.deadletter import DeadLetterQueue
 from taskkit.errors import JobConflict, JobNotFound
@@ -102,6 +105,17 @@ class Inspector:
         scripts = Scripts(redis)
         self.retry = RetryQueue(redis, self.keys, scripts)
         self.dead = DeadLetterQueue(redis, self.keys, scripts=scripts)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, redis_url: str, *, prefix: str = DEFAULT_PREFIX, user: str = "unknown",
+                      timeout_s: float = 5.0) -> AsyncIterator[Inspector]:
+        """An Inspector on its own Redis connection (closed on exit), for one-shot callers such as the CLI."""
+        redis = Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        try:
+            yield cls(redis, prefix=prefix, user=user)
+        finally:
+            await redis.aclose()
 
     # --- queues and stats ----------------------------------------------------------------------
     async def queues(self) -> list[str]:

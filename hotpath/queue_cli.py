@@ -1,10 +1,12 @@
 """The operators' verbs: `hotpath queue stats|audit`, `hotpath retry ls|show|requeue|drop`,
 `hotpath dlq ls|show|requeue|purge`.
 
-A thin shell over taskkit.inspect: it reads the Redis URL and key prefix from OpsSettings, calls the
-ops API and formats (Rich tables for people, `--json` for scripts). Verbs that change state ask for
-confirmation unless `--yes`, refuse outright when they cannot ask (`--json` or no terminal), and need a
-filter, job ids or `--all`, so an empty command line never empties a queue.
+A thin shell over taskkit's ops API (taskkit/ops.py): it reads the Redis URL and key prefix from
+OpsSettings, calls `Inspector` (which does all the Redis work) and formats (Rich tables for people,
+`--json` for scripts). It lives at the edge, not in taskkit, because it reads hotpath's settings and
+taskkit is a library. Verbs that change state ask for confirmation unless `--yes`, refuse outright when
+they cannot ask (`--json` or no terminal), and need a filter, job ids or `--all`, so an empty command
+line never empties a queue.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taskkit.errors import JobNotFound, TaskkitError
-from taskkit.inspect import ActionResult, Filter, Inspector
+from hotpath.settings import OpsSettings, SettingsError, load
+from taskkit.errors import TaskkitError
+from taskkit.ops import ActionResult, Filter, Inspector
 
 queue_app = typer.Typer(help="Queue depth, rates and the audit log of operator actions.", no_args_is_help=True)
 retry_app = typer.Typer(help="Jobs waiting for their next attempt.", no_args_is_help=True)
@@ -58,10 +61,6 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _run(fn: Callable[[Inspector], Awaitable[Any]]) -> Any:
-    from redis.asyncio import Redis
-
-    from hotpath.settings import OpsSettings, SettingsError, load
-
     try:
         settings = load(OpsSettings)
     except SettingsError as exc:
@@ -69,18 +68,13 @@ def _run(fn: Callable[[Inspector], Awaitable[Any]]) -> Any:
     user = settings.ops_user or _os_user()
 
     async def go() -> Any:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s,
-                               socket_connect_timeout=settings.redis_timeout_s)
-        try:
-            return await fn(Inspector(redis, prefix=settings.taskkit_prefix, user=user))
-        finally:
-            await redis.aclose()
+        async with Inspector.connect(settings.redis_url, prefix=settings.taskkit_prefix, user=user,
+                                     timeout_s=settings.redis_timeout_s) as ins:
+            return await fn(ins)
 
     try:
         return asyncio.run(go())
-    except JobNotFound as exc:
-        _fail(str(exc), 1)
-    except TaskkitError as exc:
+    except TaskkitError as exc:  # JobNotFound, JobConflict, ...
         _fail(str(exc), 1)
     except OSError as exc:
         _fail(f"cannot reach Redis at {settings.redis_url}: {exc} (set HOTPATH_REDIS_URL)", 1)
