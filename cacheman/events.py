@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.exceptions import RedisError
 
 from cacheman import metrics as m
+from cacheman.entry import EntryKind, now_ms
 from cacheman.errors import DependencyUnavailable
 from cacheman.keys import EVENT_ID_PATTERN, ID_MAX_LEN, ID_PATTERN, Keys
-from cacheman.leases import Scripts, now_ms, queue
+from cacheman.scripts import Scripts, call_in_pipeline
 
 EventType = Literal[
     "room.updated", "room.deleted", "member.added", "member.removed", "member.role_changed", "message.created", "read.updated"
@@ -102,41 +103,41 @@ class EventApplier:
         touched: set[str] = set()
         now = str(now_ms())
 
-        def inval(key: str, kind: str, version: int | None) -> None:
-            queue(pipe, s.invalidate, [key, Keys.lease(key), Keys.floor(key)], ["" if version is None else version, self.floor_px, kind])
+        def inval(key: str, kind: EntryKind, version: int | None) -> None:
+            call_in_pipeline(pipe, s.invalidate, [key, Keys.lease(key), Keys.floor(key)], ["" if version is None else version, self.floor_px, kind])
 
         for ev in events:
             n = 0
             if ev.type in ("room.updated", "room.deleted"):
-                inval(k.room_meta(tenant, ev.room_id), "s", ev.version)
+                inval(k.room_meta(tenant, ev.room_id), EntryKind.STRING, ev.version)
                 n = 1
                 if ev.type == "room.deleted":
                     members = k.members(tenant, ev.room_id)
-                    inval(members, "h", None)
+                    inval(members, EntryKind.HASH, None)
                     touched.add(members)
                     n += 1
                     for user in deleted_members.get(ev.room_id, ()):
-                        inval(k.user_rooms(tenant, user), "h", None)
-                        inval(k.user_reads(tenant, user), "h", None)
+                        inval(k.user_rooms(tenant, user), EntryKind.HASH, None)
+                        inval(k.user_reads(tenant, user), EntryKind.HASH, None)
                         n += 2
                 plan.append((n, "int"))
             elif ev.type.startswith("member."):
                 members = k.members(tenant, ev.room_id)
                 op = {"member.added": "add", "member.removed": "remove", "member.role_changed": "role"}[ev.type]
-                queue(pipe, s.member_event, [members, Keys.lease(members), Keys.floor(members)],
+                call_in_pipeline(pipe, s.member_event, [members, Keys.lease(members), Keys.floor(members)],
                       [op, ev.user_id, ev.role or "", "" if ev.version is None else ev.version, self.floor_px, now])
                 touched.add(members)
                 n = 1
                 if op != "role":
-                    inval(k.user_rooms(tenant, ev.user_id), "h", None)
-                    inval(k.user_reads(tenant, ev.user_id), "h", None)
+                    inval(k.user_rooms(tenant, ev.user_id), EntryKind.HASH, None)
+                    inval(k.user_reads(tenant, ev.user_id), EntryKind.HASH, None)
                     n += 2
                 plan.append((n, "int"))
             elif ev.type == "message.created":
-                queue(pipe, s.seq_max, [k.room_seq(tenant, ev.room_id)], [ev.seq, self.seq_px])
+                call_in_pipeline(pipe, s.seq_max, [k.room_seq(tenant, ev.room_id)], [ev.seq, self.seq_px])
                 plan.append((1, "pair"))
             else:  # read.updated
-                queue(pipe, s.read_max, [k.user_reads(tenant, ev.user_id)], [ev.room_id, ev.seq, self.seq_px])
+                call_in_pipeline(pipe, s.read_max, [k.user_reads(tenant, ev.user_id)], [ev.room_id, ev.seq, self.seq_px])
                 plan.append((1, "int"))
         if touched:
             pipe.publish(k.nearcache_channel(), orjson.dumps(sorted(touched)))

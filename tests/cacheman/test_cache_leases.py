@@ -11,10 +11,10 @@ import time
 import pytest
 
 from cacheman import metrics as m
+from cacheman.entry import jittered_ttl_ms
 from cacheman.errors import OriginUnavailable
 from cacheman.events import Event
 from cacheman.keys import Keys
-from cacheman.leases import jittered_ttl_ms
 from tests.cacheman.cache_fakes import FakeOrigin, make_cache
 
 T = "acme"
