@@ -1,0 +1,43 @@
+"""Fixtures of the index worker tests: a fresh Milvus collection per test (dropped afterwards) on the session's
+Milvus Lite server, an async Redis client, and a version guard under the test's key prefix."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from index_worker.embed.hashing import HashEmbedder
+from index_worker.guard import VersionGuard
+from index_worker.store import MilvusStore
+
+DIM = 32
+
+
+@pytest.fixture
+async def store(milvus_uri: str):
+    s = MilvusStore(milvus_uri, collection=f"t_{uuid.uuid4().hex[:12]}", dim=DIM, timeout_s=10, text_max_bytes=2000)
+    await s.ensure_collection()
+    yield s
+    try:
+        await s.drop_collection()
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def aredis(redis_url: str):
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def guard(aredis, key_prefix: str) -> VersionGuard:
+    return VersionGuard(aredis, key_prefix + "ix:", lease_ttl_s=30, tombstone_ttl_s=3600)
+
+
+@pytest.fixture
+def embedder() -> HashEmbedder:
+    return HashEmbedder(DIM)
