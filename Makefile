@@ -5,21 +5,38 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: dev test lint bench install install-test clean readme-settings
+LOCK := requirements.lock
+
+.PHONY: dev test lint bench install install-test clean readme-settings lock
 
 $(BIN)/python:
 	$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "hotpath needs Python >= 3.11, found " + sys.version.split()[0]'
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 
-# The stamps make a second `make` skip the install; they are redone when pyproject.toml changes.
-$(VENV)/.runtime: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# Every install takes the exact versions of $(LOCK) (a pip constraints file), so a fresh machine gets what CI
+# tested. The stamps make a second `make` skip the install; they are redone when pyproject.toml or the lock changes.
+$(VENV)/.runtime: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(LOCK) -e .
 	touch $@
 
-$(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+$(VENV)/.test: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
 	touch $(VENV)/.runtime $@
+
+# Re-resolve $(LOCK) from pyproject.toml (newest releases its ranges admit) in a throwaway venv holding only
+# pip-tools, never from .venv. torch's `+cpu` label is dropped: PyPI has no such file, and `==2.13.0` still admits
+# the CPU build that pip finds on this machine's disk or the Dockerfile takes from the CPU index.
+PIP_TOOLS := pip==26.3 pip-tools==7.6.2
+lock:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PY) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/pip" install --quiet $(PIP_TOOLS); \
+	CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/venv/bin/pip-compile" --quiet --upgrade --extra test \
+	  --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+	  -o $(LOCK) pyproject.toml; \
+	sed -i -E 's/^(torch==[^+]+)\+cpu$$/\1/' $(LOCK); \
+	echo "$(LOCK) re-resolved: run make test, then commit it"
 
 install: $(VENV)/.runtime
 install-test: $(VENV)/.test

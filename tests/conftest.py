@@ -1,7 +1,8 @@
 """Fixtures that provide real services; every test works under its own key prefix / schema.
 
 - `redis_url`: HOTPATH_TEST_REDIS_URL, else 127.0.0.1:6379 when reachable, else an embedded Valkey.
-- `pg_url`: PostgreSQL at 127.0.0.1:5432 database `test` (HOTPATH_TEST_PG_URL overrides), else an explicit skip.
+- `pg_url`: PostgreSQL at 127.0.0.1:5432 database `test` (HOTPATH_TEST_PG_URL overrides), else an explicit skip
+  (a failure under CI=true: a CI run must not go green by skipping).
 - `pg_schema`: a fresh schema for one test, dropped afterwards.
 - `milvus_uri`: a Milvus Lite server on a temp dir (one per session).
 - `s3_endpoint`: a moto S3 server (one per session).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
@@ -58,12 +59,21 @@ def key_prefix(redis_url: str) -> Iterator[str]:
         client.close()
 
 
+def resolve_pg_url(environ: Mapping[str, str], default_port_open: bool) -> str:
+    """HOTPATH_TEST_PG_URL, else the default when 127.0.0.1:5432 answers; otherwise skip, or fail under CI=true."""
+    if environ.get("HOTPATH_TEST_PG_URL"):
+        return environ["HOTPATH_TEST_PG_URL"]
+    if default_port_open:
+        return DEFAULT_TEST_PG
+    reason = "PostgreSQL is not reachable at 127.0.0.1:5432 and HOTPATH_TEST_PG_URL is unset"
+    if environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason}; CI=true: start PostgreSQL there or set HOTPATH_TEST_PG_URL", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
-    url = os.environ.get("HOTPATH_TEST_PG_URL", DEFAULT_TEST_PG)
-    if not os.environ.get("HOTPATH_TEST_PG_URL") and not port_open("127.0.0.1", 5432):
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 and HOTPATH_TEST_PG_URL is unset")
-    return url
+    return resolve_pg_url(os.environ, port_open("127.0.0.1", 5432))
 
 
 @pytest.fixture
