@@ -78,7 +78,9 @@ class HttpEmbedder:
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        wait = wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s)
+        wait = wait_exponential_jitter(
+            multiplier=self.backoff_initial_s, max=self.backoff_max_s, jitter=self.backoff_initial_s
+        )
 
         def wait_for(state) -> float:
             exc = state.outcome.exception()
