@@ -12,6 +12,7 @@ from collections import Counter
 import redis.asyncio as aioredis
 
 from cacheman.cache import CacheConfig, CacheService
+from cacheman.entry import Clock, now_ms
 from cacheman.errors import OriginUnavailable
 from cacheman.events import EventApplier
 from cacheman.origin.base import Member, Members, ReadState, Room
@@ -28,6 +29,7 @@ class FakeOrigin:
         self.members_version: dict[tuple[str, str], int] = {}
         self.reads: dict[tuple[str, str, str], int] = {}
         self.calls: Counter = Counter()
+        self.rooms_asked: list[list[str]] = []  # the ids of each get_rooms call
         self.down = False
         self.delay = 0.0
         self.gate: asyncio.Event | None = None  # when set to an unset Event, loads wait for it
@@ -78,6 +80,7 @@ class FakeOrigin:
         return room
 
     async def get_rooms(self, tenant: str, room_ids: list[str]) -> dict[str, Room]:
+        self.rooms_asked.append(list(room_ids))
         await self._enter("get_rooms")
         out = {r: self.rooms[(tenant, r)].model_copy() for r in room_ids if (tenant, r) in self.rooms}
         await self._leave()
@@ -128,10 +131,23 @@ class FakeOrigin:
         return None
 
 
-def make_cache(redis: aioredis.Redis, origin, prefix: str, **cfg) -> tuple[CacheService, EventApplier]:
+class FakeClock:
+    """Epoch ms that moves only when told: entry ages and freshness without sleeping (and without racing)."""
+
+    def __init__(self, start_ms: int | None = None) -> None:
+        self.ms = now_ms() if start_ms is None else start_ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, ms: int) -> None:
+        self.ms += ms
+
+
+def make_cache(redis: aioredis.Redis, origin, prefix: str, *, clock: Clock = now_ms, **cfg) -> tuple[CacheService, EventApplier]:
     """A CacheService and an EventApplier sharing `prefix` (the test's key prefix)."""
     config = CacheConfig(prefix=prefix, **cfg)
-    cache = CacheService(redis, origin, config)
+    cache = CacheService(redis, origin, config, clock=clock)
     events = EventApplier(redis, cache.keys, floor_px=config.floor_px, seq_px=config.floor_px, scripts=cache.scripts)
     return cache, events
 

@@ -15,7 +15,7 @@ from cacheman.entry import jittered_ttl_ms
 from cacheman.errors import OriginUnavailable
 from cacheman.events import Event
 from cacheman.keys import Keys
-from tests.cacheman.cache_fakes import FakeOrigin, make_cache
+from tests.cacheman.cache_fakes import FakeClock, FakeOrigin, make_cache
 
 T = "acme"
 
@@ -290,13 +290,104 @@ async def test_batch_answers_report_the_age_of_their_oldest_entry(redis, key_pre
     origin = FakeOrigin()
     origin.add_room(T, "r1", members={"u1": "member"})
     origin.add_room(T, "r2", members={"u2": "member"})
-    cache, _ = make_cache(redis, origin, key_prefix)
+    clock = FakeClock()  # ages are whole seconds: a real clock on a loaded machine could read 2
+    cache, _ = make_cache(redis, origin, key_prefix, clock=clock)
     await cache.rooms_batch(T, ["r1"])
     await cache.memberships_batch(T, [("r1", "u1")])
-    await asyncio.sleep(1.05)
+    clock.advance(1500)
     _, _, status, age = await cache.rooms_batch(T, ["r1", "r2"])  # r1 cached a second ago, r2 a miss
     assert (status, age) == ("miss", 1)
     _, status, age = await cache.memberships_batch(T, [("r1", "u1"), ("r2", "u2")])
     assert (status, age) == ("miss", 1)
     _, _, status, age = await cache.rooms_batch(T, ["r2"])
     assert (status, age) == ("hit", 0)
+
+
+# ---------------------------------------------------------------- batches fill like single lookups
+
+def _rooms(origin: FakeOrigin, n: int) -> list[str]:
+    ids = [f"r{i}" for i in range(1, n + 1)]
+    for r in ids:
+        origin.add_room(T, r, name=f"name-{r}")
+    return ids
+
+
+async def test_a_batch_waits_for_a_lease_another_process_holds_and_loads_only_its_own(redis, key_prefix):
+    origin = FakeOrigin()
+    _rooms(origin, 3)
+    cache, _ = make_cache(redis, origin, key_prefix)
+    other, _ = make_cache(redis, origin, key_prefix)  # a second process, filling r1
+    r1 = other.room_spec(T, "r1")
+    await redis.set(Keys.lease(r1.key), "other-token", px=60_000)
+    batch = asyncio.create_task(cache.rooms_batch(T, ["r1", "r2", "r3"]))
+    async with asyncio.timeout(5):
+        while origin.calls["get_rooms"] == 0:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # the batch is polling r1's lease
+    assert not batch.done()
+    origin.rooms[(T, "r1")].name = "filled-by-the-other-process"
+    await other.rt.leases.store([(r1, await r1.load())], "other-token")
+    found, missing, status, _ = await batch
+    assert origin.rooms_asked == [["r2", "r3"]], "the batch loaded a key whose lease another process holds"
+    assert origin.calls["get_room"] == 1  # the other process's own load, above
+    assert found["r1"]["name"] == "filled-by-the-other-process" and found["r2"]["name"] == "name-r2"
+    assert (missing, status) == ([], "miss")
+    assert await redis.exists(*(Keys(key_prefix).room_meta(T, r) for r in ("r1", "r2", "r3"))) == 3
+
+
+async def test_batch_waiters_go_to_the_origin_after_the_wait_bound_without_writing(redis, key_prefix):
+    origin = FakeOrigin()
+    _rooms(origin, 3)
+    cache, _ = make_cache(redis, origin, key_prefix, lease_wait_s=0.3)
+    keys = Keys(key_prefix)
+    await redis.set(Keys.lease(keys.room_meta(T, "r1")), "a-very-slow-holder", px=60_000)
+    t0 = time.monotonic()
+    found, missing, status, _ = await cache.rooms_batch(T, ["r1", "r2", "r3"])
+    assert 0.3 <= time.monotonic() - t0 < 1.5
+    assert (sorted(found), missing, status) == (["r1", "r2", "r3"], [], "miss")
+    assert origin.rooms_asked == [["r2", "r3"], ["r1"]]
+    assert await redis.exists(keys.room_meta(T, "r1")) == 0  # only the lease holder writes
+    assert await redis.exists(keys.room_meta(T, "r2"), keys.room_meta(T, "r3")) == 2
+
+
+async def test_a_batch_and_single_lookups_share_fills_in_flight(redis, key_prefix):
+    origin = FakeOrigin()
+    _rooms(origin, 3)
+    cache, _ = make_cache(redis, origin, key_prefix)
+    waits_before = _value(m.LEASE_WAITS.labels("room"))
+    origin.gate = asyncio.Event()
+    single = asyncio.create_task(cache.room(T, "r1"))
+    await asyncio.wait_for(origin.entered.wait(), 5)
+    batch = asyncio.create_task(cache.rooms_batch(T, ["r1", "r2"]))
+    async with asyncio.timeout(5):
+        while not origin.rooms_asked:
+            await asyncio.sleep(0.005)
+    late = asyncio.create_task(cache.room(T, "r2"))  # joins the batch's fill of r2
+    await asyncio.sleep(0.02)
+    origin.gate.set()
+    (found, _, status, _), one, two = await asyncio.gather(batch, single, late)
+    assert origin.calls["get_room"] == 1 and origin.rooms_asked == [["r2"]]
+    assert _value(m.LEASE_WAITS.labels("room")) == waits_before, "in-process fills polled a lease instead of sharing"
+    assert (one.status, two.status, status) == ("miss", "miss", "miss")
+    assert found["r1"] == one.value and found["r2"] == two.value
+
+
+async def test_batch_serves_stale_per_key_when_the_origin_is_down_and_gives_the_leases_back(redis, key_prefix):
+    origin = FakeOrigin()
+    _rooms(origin, 3)
+    clock = FakeClock()
+    cache, _ = make_cache(redis, origin, key_prefix, clock=clock, ttl_s=10.0, ttl_jitter=0.0)
+    await cache.rooms_batch(T, ["r1", "r2"])
+    await redis.set(Keys(key_prefix).room_seq(T, "r2"), 42)  # a message event the stale copy predates
+    clock.advance(11_000)  # both expired, both kept for stale-if-error
+    origin.down = True
+    found, missing, status, age = await cache.rooms_batch(T, ["r1", "r2"])
+    assert (sorted(found), missing, status, age) == (["r1", "r2"], [], "stale", 11)
+    assert found["r2"]["last_seq"] == 42
+    with pytest.raises(OriginUnavailable, match="nothing cached"):
+        await cache.rooms_batch(T, ["r1", "r3"])  # r3 was never cached: nothing to serve for it
+    assert [k async for k in redis.scan_iter(match=key_prefix + "*:lease")] == []
+    origin.down = False
+    found, _, status, _ = await cache.rooms_batch(T, ["r1", "r2", "r3"])
+    assert status == "miss" and origin.rooms_asked[-1] == ["r1", "r2", "r3"]
+
