@@ -52,6 +52,12 @@ def api(
         settings.host = host
     if port:
         settings.port = port
+    from hotpath.security import InsecureKeys, check_jwt_keys
+
+    try:
+        check_jwt_keys(settings.jwt_keys, allow_dev_key=settings.allow_dev_key)
+    except InsecureKeys as exc:
+        _fail(str(exc))
     setup_logging("api", settings.log_level)
     from cacheman.server import serve
 

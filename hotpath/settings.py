@@ -90,10 +90,14 @@ class ApiSettings(CommonSettings):
     readyz_timeout_s: float = Field(1.0, gt=0, description="Timeout of each dependency check in /readyz, seconds.")
     jwt_keys: dict[str, str] = Field(
         default_factory=lambda: {DEV_JWT_KID: DEV_JWT_SECRET},
-        description='HS256 keys by `kid`, JSON: `{"k1": "secret"}`. Several keys let a new one roll out before the old is retired. The default is a development key.',
+        description='HS256 keys by `kid`, JSON: `{"k1": "secret"}`, each at least 32 bytes. Several keys let a new one roll out before the old is retired. The default is a development key, which `hotpath api` refuses unless HOTPATH_ALLOW_DEV_KEY=true.',
     )
     jwt_public_keys: dict[str, str] = Field(
         default_factory=dict, description="Optional RS256 public keys (PEM) by `kid`, JSON."
+    )
+    allow_dev_key: bool = Field(
+        False,
+        description="Let `hotpath api` start with the built-in development JWT key, which anyone can read in the source: local experiments only (`hotpath dev` sets it for its children).",
     )
     rate_limit_per_s: float = Field(5000.0, ge=0, description="Per-tenant request rate (token bucket refill, requests/s); 0 turns the limit off.")
     rate_limit_burst: int = Field(10000, ge=1, description="Per-tenant burst (token bucket size, requests).")
@@ -155,7 +159,7 @@ class OpsSettings(CommonSettings):
 
 
 class DevSettings(CommonSettings, StorageSettings, MilvusSettings):
-    """`hotpath dev`: which parts to start embedded. A part whose URL variable is set is used as is."""
+    """`hotpath dev`: which parts to start embedded. A part whose URL setting is set (environment or `.env`) is used as is."""
 
     port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
     origin_url: str = Field("", description="See `hotpath api`; unset → a SQLite demo origin under the data dir.")

@@ -1,5 +1,6 @@
 """`hotpath dev` from a clean checkout: ready within 60 s, its printed curl commands work, SIGTERM
-leaves no process of its group alive, a second instance fails with one line, data survives a restart."""
+leaves no process of its group alive, a second instance fails with one line, data survives a restart;
+a service named in `.env` or the environment is used instead of starting an embedded one."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -44,9 +47,9 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _start_dev(tmp_path: Path, port: int, log_name: str) -> tuple[subprocess.Popen, Path, Path]:
+def _start_dev(tmp_path: Path, port: int, log_name: str, **extra_env: str) -> tuple[subprocess.Popen, Path, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOTPATH_")}
-    env.update(HOTPATH_PORT=str(port), HOTPATH_DATA_DIR=str(tmp_path / ".hotpath"))
+    env.update(HOTPATH_PORT=str(port), HOTPATH_DATA_DIR=str(tmp_path / ".hotpath"), **extra_env)
     out, err = tmp_path / f"{log_name}.out", tmp_path / f"{log_name}.err"
     proc = subprocess.Popen([HOTPATH, "dev"], cwd=tmp_path, env=env, stdout=open(out, "wb"), stderr=open(err, "wb"),
                             start_new_session=True)
@@ -162,3 +165,51 @@ def test_dev_stops_on_sigint_too(tmp_path):
     time.sleep(0.5)
     assert _session_members(proc.pid) == []
     assert re.search(r"got SIGINT; stopping", err.read_text())
+
+
+# The machine's Redis on a database no other test uses, so every key dev's processes write there can be seen.
+DOTENV_TEST_DB = 9
+
+
+def test_dev_uses_the_services_named_in_dotenv_and_the_environment(tmp_path, redis_url, milvus_uri):
+    """Redis named in `.env`, Milvus in the environment, S3 unset: dev starts only moto (no Valkey, no
+    milvus-lite), says where each setting came from, and its processes write only under their prefixes."""
+    import redis
+
+    url = urlparse(redis_url)._replace(path=f"/{DOTENV_TEST_DB}").geturl()
+    prefix = f"hptest:{uuid.uuid4().hex[:12]}"
+    client = redis.Redis.from_url(url)
+    before = set(client.scan_iter(count=1000))
+    (tmp_path / ".env").write_text(
+        f"HOTPATH_REDIS_URL={url}\nHOTPATH_REDIS_PREFIX={prefix}\nHOTPATH_TASKKIT_PREFIX={prefix}:tk:\n")
+    port = free_port()
+    proc, out, err = _start_dev(tmp_path, port, "dotenv", HOTPATH_MILVUS_URI=milvus_uri)
+    try:
+        banner = _wait_banner(proc, out, err, 60)
+        parts = {line.split()[0]: line.strip() for line in banner.splitlines() if line.startswith("  ") and line.split()}
+        assert parts["redis"] == f"redis     {url} (HOTPATH_REDIS_URL)", banner
+        assert parts["milvus"] == f"milvus    {milvus_uri} (HOTPATH_MILVUS_URI)", banner
+        assert "(embedded moto S3 server; in memory)" in parts["s3"], banner
+        # the program, or the script a Python interpreter runs (moto_server, milvus-lite, hotpath)
+        programs = {Path(a).name for p in _session_members(proc.pid) for a in _cmdline(p)[:2]}
+        assert "valkey-server" not in programs and "milvus-lite" not in programs, programs
+        assert "moto_server" in programs, programs
+        assert not (tmp_path / ".hotpath" / "valkey").exists()
+
+        # one cache lookup, so the api writes its cache and rate-limit keys to the configured Redis
+        token = re.search(r"export TOKEN=(\S+)", banner).group(1)
+        member_url = re.search(r"(http://\S+/members/\S+)", banner).group(1)
+        assert httpx.get(member_url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
+    finally:
+        _stop(proc)
+    try:
+        written = {k.decode() for k in set(client.scan_iter(count=1000)) - before}
+        assert any(k.startswith(f"{prefix}:") for k in written), written  # the cache entry of that lookup
+        stray = [k for k in written if not (k.startswith(f"{prefix}:") or re.match(rf"arq:[^:]+:{re.escape(prefix)}:", k))]
+        assert stray == [], f"hotpath dev wrote keys outside its prefixes: {stray}"
+    finally:
+        for pattern in (f"{prefix}:*", f"arq:*:{prefix}:*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                client.unlink(*keys)
+        client.close()

@@ -1,15 +1,21 @@
-"""Each kind of invalid setting ends start-up with one line naming the variable and what it expects."""
+"""Each kind of invalid setting ends start-up with one line naming the variable and what it expects, and
+`hotpath api` refuses to start with keys anyone could sign with (the development key, short keys)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from hotpath.settings import ApiSettings, SettingsError, describe_settings, load
+from hotpath.security import InsecureKeys, check_jwt_keys
+from hotpath.settings import DEV_JWT_KID, DEV_JWT_SECRET, ApiSettings, SettingsError, describe_settings, load
+from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTPATH = str(Path(sys.executable).parent / "hotpath")
@@ -76,3 +82,71 @@ def test_readme_table_lists_every_setting():
     readme = (ROOT / "README.md").read_text()
     for row in describe_settings():
         assert f"`{row['name']}`" in readme, f"README configuration table misses {row['name']}"
+
+
+# --- secure by default: `hotpath api` refuses the development key and short keys --------------------
+
+
+def _api_refusal(tmp_path, **env: str) -> str:
+    env = {"HOTPATH_PORT": str(free_port()), **env}
+    try:
+        proc = subprocess.run([HOTPATH, "api"], env=_clean_env(**env), cwd=tmp_path, capture_output=True, text=True,
+                              timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"hotpath api started instead of refusing:\n{exc.stderr}") from None
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "HOTPATH_JWT_KEYS" in lines[0], lines[0]
+    return lines[0]
+
+
+def test_api_refuses_the_development_key(tmp_path):
+    line = _api_refusal(tmp_path)  # HOTPATH_JWT_KEYS unset: the built-in development key
+    assert "development JWT key" in line and "HOTPATH_ALLOW_DEV_KEY=true" in line
+
+
+def test_api_refuses_the_development_key_among_others(tmp_path):
+    keys = json.dumps({"new": "n" * 40, DEV_JWT_KID: DEV_JWT_SECRET})
+    assert "development JWT key" in _api_refusal(tmp_path, HOTPATH_JWT_KEYS=keys)
+
+
+def test_api_refuses_a_short_key(tmp_path):
+    line = _api_refusal(tmp_path, HOTPATH_JWT_KEYS=json.dumps({"k1": "s" * 31}))
+    assert "'k1' is 31 bytes" in line and "at least 32 bytes" in line
+
+
+def test_a_short_key_is_refused_even_when_the_dev_key_is_allowed(tmp_path):
+    line = _api_refusal(tmp_path, HOTPATH_JWT_KEYS=json.dumps({"k1": "short"}), HOTPATH_ALLOW_DEV_KEY="true")
+    assert "'k1' is 5 bytes" in line
+
+
+def test_check_jwt_keys_accepts_long_keys_and_the_allowed_dev_key():
+    check_jwt_keys({"k1": "x" * 32, "k2": "é" * 16}, allow_dev_key=False)  # 32 bytes each (é is 2 bytes in UTF-8)
+    check_jwt_keys({DEV_JWT_KID: DEV_JWT_SECRET}, allow_dev_key=True)
+    with pytest.raises(InsecureKeys):
+        check_jwt_keys({"k1": "é" * 15}, allow_dev_key=False)  # 15 characters, 30 bytes
+
+
+def test_api_starts_with_the_dev_key_when_explicitly_allowed(tmp_path, redis_url, key_prefix):
+    port = free_port()
+    env = _clean_env(HOTPATH_ALLOW_DEV_KEY="true", HOTPATH_PORT=str(port), HOTPATH_REDIS_URL=redis_url,
+                     HOTPATH_REDIS_PREFIX=key_prefix.rstrip(":"), HOTPATH_TASKKIT_PREFIX=key_prefix + "tk:",
+                     HOTPATH_ORIGIN_URL=f"sqlite+aiosqlite:///{tmp_path}/origin.db", HOTPATH_LOG_LEVEL="WARNING")
+    err = tmp_path / "api.err"
+    proc = subprocess.Popen([HOTPATH, "api"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(err, "wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"hotpath api exited with {proc.returncode}:\n{err.read_text()[-2000:]}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"/livez did not answer within 30 s:\n{err.read_text()[-2000:]}"
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(15)
