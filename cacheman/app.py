@@ -1,7 +1,8 @@
 """The cacheman FastAPI application: health, metrics, and the cache routes (cacheman/routes.py).
 
 `create_app(settings)` is the only constructor; dependencies (Redis, origin) are opened in the
-lifespan and kept on `app.state`, so tests can build an app against their own services.
+lifespan and kept on `app.state`, so tests can build an app against their own services. Every error
+answer is a problem+json body rendered by cacheman/problems.py.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -17,10 +17,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cacheman import problems
 from cacheman.errors import DependencyUnavailable
-from cacheman.observability import REGISTRY, RequestContextMiddleware, request_id_var
+from cacheman.observability import REGISTRY, RequestContextMiddleware
 from cacheman.origin.base import open_origin
-from taskkit.errors import QueueFull
+from cacheman.routes import install as install_routes
 
 log = logging.getLogger("cacheman")
 
@@ -84,33 +85,16 @@ def create_app(settings, *, origin=None, redis_client=None) -> FastAPI:
     )
     app.state.on_startup = []
     app.state.on_shutdown = []
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, on_error=problems.internal_error)
+    problems.install(app)
 
-    @app.exception_handler(DependencyUnavailable)
-    async def _dep_down(request: Request, exc: DependencyUnavailable):
-        return JSONResponse(
-            status_code=503,
-            content={"error": "dependency_unavailable", "dependency": exc.dependency, "detail": exc.detail,
-                     "request_id": request_id_var.get()},
-        )
-
-    @app.exception_handler(QueueFull)
-    async def _queue_full(request: Request, exc: QueueFull):
-        # Backpressure from taskkit: the producer must slow down, nothing was enqueued.
-        retry_after = max(1, math.ceil(exc.retry_after))
-        return JSONResponse(
-            status_code=429,
-            headers={"Retry-After": str(retry_after)},
-            content={"error": "queue_full", "queue": exc.queue, "retry_after": exc.retry_after, "detail": str(exc),
-                     "request_id": request_id_var.get()},
-        )
-
-    @app.get("/livez", tags=["health"], summary="The process is up.")
+    @app.get("/livez", tags=["health"], summary="The process is up.", responses=problems.responses(500))
     async def livez() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], summary="Each dependency answers within HOTPATH_READYZ_TIMEOUT_S.",
-             responses={503: {"description": "a dependency is down"}})
+             responses=problems.responses(500, 503, s503={"description": "a dependency is down: `dependency` names the "
+                                                      "first, `dependencies` gives each one's status"}))
     async def readyz(request: Request):
         st = request.app.state
         t = settings.readyz_timeout_s
@@ -118,17 +102,15 @@ def create_app(settings, *, origin=None, redis_client=None) -> FastAPI:
             _check("redis", st.redis.ping(), t), _check("origin", st.origin.ping(), t)
         )
         deps = {"redis": redis_res, "origin": origin_res}
-        ok = all(d["status"] == "ok" for d in deps.values())
-        return JSONResponse({"status": "ready" if ok else "not_ready", "dependencies": deps}, status_code=200 if ok else 503)
+        down = [name for name, d in deps.items() if d["status"] != "ok"]
+        if down:
+            raise DependencyUnavailable(down[0], "not ready: " + "; ".join(f"{n}: {deps[n]['error']}" for n in down),
+                                        dependencies=deps)
+        return JSONResponse({"status": "ready", "dependencies": deps})
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format).")
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format).", responses=problems.responses(500))
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    try:
-        from cacheman.routes import install as install_routes
-    except ImportError:
-        install_routes = None
-    if install_routes is not None:
-        install_routes(app, settings)
+    install_routes(app, settings)
     return app

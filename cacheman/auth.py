@@ -16,15 +16,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import jwt
-from fastapi import HTTPException, Request, Security
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jwt.algorithms import RSAAlgorithm
 
+from cacheman.errors import ScopeMissing, TenantForbidden, Unauthorized
 from cacheman.ratelimit import RateLimiter, limiter_from_settings
+
+__all__ = ["ALL_TENANTS", "SCOPES", "Principal", "TokenVerifier", "Unauthorized", "mint_token", "require"]
 
 SCOPES = ("cache:read", "cache:write", "index:write", "ops")
 ALL_TENANTS = "*"
-_REALM = 'Bearer realm="hotpath"'
 _bearer = HTTPBearer(auto_error=False, description="JWT signed with a key from HOTPATH_JWT_KEYS (see `hotpath token`).")
 
 
@@ -41,32 +43,6 @@ class Principal:
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
-
-
-class Unauthorized(HTTPException):
-    """401: no token, or a token that does not verify. The detail says which, WWW-Authenticate too."""
-
-    def __init__(self, message: str, *, missing: bool = False) -> None:
-        challenge = _REALM if missing else f'{_REALM}, error="invalid_token", error_description="{_quote(message)}"'
-        super().__init__(
-            status_code=401,
-            detail={"error": "unauthorized", "message": message},
-            headers={"WWW-Authenticate": challenge},
-        )
-
-
-class Forbidden(HTTPException):
-    """403: a valid token that may not touch this tenant or lacks the scope."""
-
-    def __init__(self, message: str, *, scope: str | None = None) -> None:
-        headers = None
-        if scope:
-            headers = {"WWW-Authenticate": f'{_REALM}, error="insufficient_scope", scope="{scope}"'}
-        super().__init__(status_code=403, detail={"error": "forbidden", "message": message}, headers=headers)
-
-
-def _quote(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', "'")
 
 
 def _as_set(value, claim: str, *, split: bool) -> frozenset[str]:
@@ -192,7 +168,7 @@ def get_verifier(app) -> TokenVerifier:
     verifier = getattr(app.state, "token_verifier", None)
     if verifier is None:
         settings = app.state.settings
-        verifier = TokenVerifier(settings.jwt_keys, getattr(settings, "jwt_public_keys", None))
+        verifier = TokenVerifier(settings.jwt_keys, settings.jwt_public_keys)
         app.state.token_verifier = verifier
     return verifier
 
@@ -225,11 +201,13 @@ def require(scope: str):
             raise Unauthorized("missing bearer token (Authorization: Bearer <token>)", missing=True)
         principal = get_verifier(request.app).verify(credentials.credentials)
         if scope not in principal.scopes:
-            raise Forbidden(f"token of {principal.sub!r} lacks scope {scope!r}", scope=scope)
+            raise ScopeMissing(f"token of {principal.sub!r} lacks scope {scope!r}; mint one with it (`hotpath token`)",
+                               scope=scope)
         tenant = request.path_params.get("tenant")
         if tenant is not None:
             if not principal.may_access(tenant):
-                raise Forbidden(f"token of {principal.sub!r} may not access tenant {tenant!r}")
+                raise TenantForbidden(f"token of {principal.sub!r} may not access tenant {tenant!r}; its `tenants` claim "
+                                      "must list it (or be \"*\")", tenant=tenant)
             await get_limiter(request.app).acquire(tenant)
         return principal
 

@@ -2,13 +2,16 @@
 
 Responses are serialised with orjson straight from plain dicts on the hot path; these models are the
 documented contract (and what bench and schemathesis read), kept in step by tests/cacheman/test_routes.py.
+`Problem` is the body of every error (cacheman/problems.py renders it). Request bodies carry an example
+(demo data), which the tests that walk the route table send.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NotRequired
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from cacheman.events import Event
 from cacheman.keys import ID_MAX_LEN, ID_PATTERN, MAX_BATCH
@@ -52,12 +55,39 @@ class UnreadOut(BaseModel):
     rooms: dict[str, int] = Field(description="room_id → max(0, room last_seq − user's last_read_seq)")
 
 
-class ErrorOut(BaseModel):
-    error: str
-    detail: str
+class FieldError(TypedDict):
+    """One field of a 422: where (`loc`, e.g. ["body", "room_ids"]), what is wrong, and the error's type."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(TypedDict):
+    """RFC 9457 problem details, the body of every error (application/problem+json). `type` is a stable
+    `urn:hotpath:error:<kind>` (or `about:blank` for a plain HTTP status); members beyond these may be added."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+
+    type: Annotated[str, Field(description="urn:hotpath:error:<kind>, one per error kind (README, Errors)")]
+    title: Annotated[str, Field(description="Short summary of the kind; the same for every error of one type")]
+    status: Annotated[int, Field(description="The HTTP status code")]
+    detail: Annotated[str, Field(description="What was wrong in this request, and what to do")]
+    instance: Annotated[str, Field(description="The request path")]
+    request_id: Annotated[str, Field(description="X-Request-ID of the request (quote it when reporting)")]
+    retry_after_s: NotRequired[Annotated[float, Field(description="429, and 503 when known: seconds to wait (also Retry-After)")]]
+    dependency: NotRequired[Annotated[str, Field(description="503: the dependency that is down (redis, origin)")]]
+    errors: NotRequired[Annotated[list[FieldError], Field(description="422: the field errors (input values are not echoed)")]]
+    tenant: NotRequired[Annotated[str, Field(description="403 tenant-forbidden, 429 rate-limited: the tenant of the path")]]
+    scope: NotRequired[Annotated[str, Field(description="403 scope-missing: the scope the route needs")]]
+    queue: NotRequired[Annotated[str, Field(description="429 queue-full: the queue that is full")]]
 
 
 class RoomsBatchIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"room_ids": ["room-01", "room-02"]}]})
+
     room_ids: list[Id] = Field(min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} room ids (duplicates are answered once).")
 
 
@@ -72,6 +102,8 @@ class MembershipCheck(BaseModel):
 
 
 class MembershipsCheckIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"checks": [{"room_id": "room-01", "user_id": "user-005"}]}]})
+
     checks: list[MembershipCheck] = Field(min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} (room, user) pairs.")
 
 
@@ -88,6 +120,9 @@ class MembershipsCheckOut(BaseModel):
 
 
 class EventsIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"events": [{"id": "evt-1", "type": "message.created", "room_id": "room-01", "seq": 42}]}]})
+
     events: list[Event] = Field(min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} change events, applied in order.")
 
 

@@ -1,6 +1,8 @@
 """Request ids, per-route Prometheus metrics and one JSON log line per request, as one pure ASGI middleware.
 
-Pure ASGI (not BaseHTTPMiddleware): it adds no extra task or body copy on the hot path.
+Pure ASGI (not BaseHTTPMiddleware): it adds no extra task or body copy on the hot path. It is also the
+boundary for unhandled errors: it logs the traceback with the request id and answers `on_error(scope)`
+(the 500 problem), because Starlette's ServerErrorMiddleware runs outside it, after the request id is gone.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from contextvars import ContextVar
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 log = logging.getLogger("cacheman.access")
+error_log = logging.getLogger("cacheman")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -42,9 +45,10 @@ def _route_template(scope) -> str:
 class RequestContextMiddleware:
     """Takes X-Request-ID from the caller (or makes one), echoes it, times and counts the request."""
 
-    def __init__(self, app, quiet_paths: tuple[str, ...] = ("/livez", "/metrics")) -> None:
+    def __init__(self, app, quiet_paths: tuple[str, ...] = ("/livez", "/metrics"), on_error=None) -> None:
         self.app = app
         self.quiet = quiet_paths
+        self.on_error = on_error  # scope -> ASGI response for an unhandled exception (None: re-raise)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -60,17 +64,25 @@ class RequestContextMiddleware:
         token = request_id_var.set(rid)
         rid_header = (b"x-request-id", rid.encode("latin-1"))
         status = 500
+        started = False
         start = time.perf_counter()
 
         async def send_wrapper(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            error_log.exception("unhandled error in %s %s", scope["method"], scope["path"],
+                                extra={"request_id": rid, "route": _route_template(scope)})
+            if started or self.on_error is None:
+                raise  # too late to answer: the server closes the connection
+            await self.on_error(scope)(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route = _route_template(scope)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from pathlib import Path
 
-from fastapi import HTTPException
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from cacheman.errors import RateLimited
 from cacheman.observability import REGISTRY
+
+__all__ = ["FAIL_OPEN", "RATE_LIMITED", "RateLimited", "RateLimiter", "batch_size", "limiter_from_settings"]
 
 log = logging.getLogger("cacheman.ratelimit")
 
@@ -36,29 +37,6 @@ FAIL_OPEN = Counter(
     "Requests let through without a rate-limit decision because Redis could not answer",
     registry=REGISTRY,
 )
-
-
-class RateLimited(HTTPException):
-    """429 with Retry-After (whole seconds, at least 1) and a JSON detail saying which limit was hit."""
-
-    def __init__(self, tenant: str, retry_after_s: float, rate_per_s: float, burst: int) -> None:
-        seconds = max(1, math.ceil(retry_after_s))
-        super().__init__(
-            status_code=429,
-            detail={
-                "error": "rate_limited",
-                "message": (
-                    f"tenant {tenant!r} is over its rate limit ({rate_per_s:g} requests/s, burst {burst}); "
-                    f"retry after {seconds}s (limits: HOTPATH_RATE_LIMIT_PER_S, HOTPATH_RATE_LIMIT_BURST, "
-                    "HOTPATH_RATE_LIMIT_TENANTS)"
-                ),
-                "tenant": tenant,
-                "retry_after_s": round(retry_after_s, 3),
-            },
-            headers={"Retry-After": str(seconds)},
-        )
-        self.tenant = tenant
-        self.retry_after_s = retry_after_s
 
 
 def batch_size(rate_per_s: float, burst: int) -> int:
@@ -175,11 +153,11 @@ class RateLimiter:
 
 def limiter_from_settings(redis, settings) -> RateLimiter:
     """Build the app's limiter from ApiSettings (rate_limit_per_s, rate_limit_burst, rate_limit_tenants, redis_prefix)."""
-    per_tenant = {t: (float(v[0]), int(v[1])) for t, v in (getattr(settings, "rate_limit_tenants", None) or {}).items()}
+    per_tenant = {t: (float(v[0]), int(v[1])) for t, v in settings.rate_limit_tenants.items()}
     return RateLimiter(
         redis,
-        prefix=getattr(settings, "redis_prefix", "hp"),
-        rate_per_s=getattr(settings, "rate_limit_per_s", 5000.0),
-        burst=getattr(settings, "rate_limit_burst", 10000),
+        prefix=settings.redis_prefix,
+        rate_per_s=settings.rate_limit_per_s,
+        burst=settings.rate_limit_burst,
         per_tenant=per_tenant,
     )

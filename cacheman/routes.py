@@ -1,7 +1,8 @@
 """The cache API under /v1/{tenant}: lookups, bulk lookups and change events; wired by create_app.
 
 Every cache response carries `X-Cache: hit|miss|stale|bypass` and `Age` (seconds since the entry was
-filled). Bodies are built with orjson from plain dicts; models.py documents them in /openapi.json.
+filled), the cached 404s included. Bodies are built with orjson from plain dicts; models.py documents
+them in /openapi.json; every error body is a problem rendered by cacheman/problems.py.
 """
 
 from __future__ import annotations
@@ -13,18 +14,18 @@ from typing import Annotated
 import orjson
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.middleware import Middleware
 
+from cacheman import problems
 from cacheman.auth import require
 from cacheman.cache import CacheConfig, CacheService, Result
+from cacheman.errors import NotMember, PayloadTooLarge, ProblemError, RoomNotFound, ValidationFailed
 from cacheman.events import EventApplier
 from cacheman.keys import ID_MAX_LEN, ID_PATTERN, ID_RE, MAX_BATCH, Keys
 from cacheman.models import (
-    ErrorOut,
     EventsIn,
     EventsOut,
     MembershipOut,
@@ -53,13 +54,10 @@ _CACHE_HEADERS = {
     "X-Cache": {"description": "hit | miss | stale (origin down, expired copy) | bypass (Redis down, origin answered)", "schema": {"type": "string"}},
     "Age": {"description": "Seconds since the answer was loaded from the origin", "schema": {"type": "integer"}},
 }
-_ERRORS = {
-    401: {"model": ErrorOut, "description": "missing, invalid or expired token"},
-    403: {"model": ErrorOut, "description": "token may not access this tenant, or lacks the scope"},
-    429: {"model": ErrorOut, "description": "tenant over its rate limit (Retry-After)"},
-    503: {"model": ErrorOut, "description": "a dependency (redis, origin) is down and nothing cached can answer"},
-}
-_NOT_FOUND = {404: {"model": ErrorOut, "description": "not found (also cached, briefly)", "headers": _CACHE_HEADERS}}
+_ERRORS = problems.responses(401, 403, 422, 429, 500, 503)
+_NOT_FOUND = problems.responses(404, s404={"headers": _CACHE_HEADERS, "description": (
+    "`room-not-found`, or `not-member` for the membership check: a normal answer, cached briefly (X-Cache, Age)")})
+_TOO_LARGE = problems.responses(413)
 
 
 def _path_param(name: str) -> dict:
@@ -71,20 +69,36 @@ def _ids(**ids: str) -> tuple[str, ...]:
     """The ids, or the 422 FastAPI itself would answer for a pattern mismatch."""
     bad = [name for name, value in ids.items() if not ID_RE.fullmatch(value)]
     if bad:
-        raise RequestValidationError([
-            {"type": "string_pattern_mismatch", "loc": ("path", name), "msg": f"String should match pattern '{ID_PATTERN}'",
-             "input": ids[name], "ctx": {"pattern": ID_PATTERN}} for name in bad
+        raise ValidationFailed([
+            {"type": "string_pattern_mismatch", "loc": ("path", name), "msg": f"String should match pattern '{ID_PATTERN}'"}
+            for name in bad
         ])
     return tuple(ids.values())
 
 
-def _json(body, status: str, age: int, code: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=code, media_type="application/json",
-                    headers={"X-Cache": status, "Age": str(age)})
+_JSON = (b"content-type", b"application/json")
+_PROBLEM = (b"content-type", problems.MEDIA_TYPE.encode())
 
 
-def _not_found(detail: str, error: str, res: Result) -> Response:
-    return _json({"error": error, "detail": detail}, res.status, res.age_s, 404)
+class CachedResponse(Response):
+    """A cache answer with X-Cache and Age. Its raw headers are built directly: Starlette's header
+    initialisation is most of the cost of a small response, on the hottest paths (hits, cached 404s)."""
+
+    def __init__(self, body: bytes, status: str, age: int, code: int = 200, content_type=_JSON) -> None:
+        self.status_code = code
+        self.body = body
+        self.background = None
+        self.raw_headers = [(b"content-length", str(len(body)).encode()), content_type,
+                            (b"x-cache", str(status).encode()), (b"age", str(age).encode())]
+
+
+def _json(body, status: str, age: int) -> Response:
+    return CachedResponse(orjson.dumps(body), status, age)
+
+
+def _not_found(kind: type[ProblemError], detail: str, path: str, res: Result) -> Response:
+    """A cached 404 (room-not-found, not-member): the problem body, with X-Cache and Age like any answer."""
+    return CachedResponse(problems.render(kind.type, kind.title, 404, detail, path), res.status, res.age_s, 404, _PROBLEM)
 
 
 def _ok(model):
@@ -112,7 +126,7 @@ class BodyLimitMiddleware:
                 break
         if length is not None:
             if length > self.max_bytes:
-                await self._reject(send, length)
+                await self._reject(scope, send, length)
                 return
             await self.app(scope, receive, send)
             return
@@ -125,7 +139,7 @@ class BodyLimitMiddleware:
                 break
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await self._reject(send, size)
+                await self._reject(scope, send, size)
                 return
             if not message.get("more_body", False):
                 break
@@ -135,24 +149,19 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send, size: int) -> None:
-        body = orjson.dumps({
-            "error": "payload_too_large",
-            "detail": f"request body is at least {size} bytes; the limit is {self.max_bytes} (HOTPATH_MAX_BODY_BYTES). "
-                      f"Send at most {MAX_BATCH} items per batch.",
-        })
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope, send, size: int) -> None:
+        await problems.send_problem(PayloadTooLarge(
+            f"request body is at least {size} bytes; the limit is {self.max_bytes} (HOTPATH_MAX_BODY_BYTES). "
+            f"Send at most {MAX_BATCH} items per batch."), scope, send)
 
 
-async def membership_response(cache: CacheService, tenant: str, room_id: str, user_id: str) -> Response:
-    """200 {room_id, user_id, role}, or 404 not_member / room_not_found; X-Cache and Age either way."""
+async def membership_response(cache: CacheService, tenant: str, room_id: str, user_id: str, path: str) -> Response:
+    """200 {room_id, user_id, role}, or 404 not-member / room-not-found; X-Cache and Age either way."""
     res, exists = await cache.member_role(tenant, room_id, user_id)
     if res.value is None:
         if not exists:
-            return _not_found(f"room {room_id!r} not found", "room_not_found", res)
-        return _not_found(f"user {user_id!r} is not a member of room {room_id!r}", "not_member", res)
+            return _not_found(RoomNotFound, f"room {room_id!r} not found", path, res)
+        return _not_found(NotMember, f"user {user_id!r} is not a member of room {room_id!r}", path, res)
     return _json({"room_id": room_id, "user_id": user_id, "role": res.value}, res.status, res.age_s)
 
 
@@ -165,21 +174,12 @@ def _bearer_credentials(request: Request) -> HTTPAuthorizationCredentials | None
     return HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials)
 
 
-async def _handled(request: Request, exc: Exception) -> Response:
-    """The response the app's exception handlers give `exc` (as ExceptionMiddleware would); re-raise if none."""
-    handlers = request.app.exception_handlers
-    for cls in type(exc).__mro__:
-        handler = handlers.get(cls)
-        if handler is not None:
-            return await handler(request, exc)
-    raise exc
-
-
 class MembershipFastPath:
     """Pure ASGI: answers GET /v1/{tenant}/rooms/{room_id}/members/{user_id} without FastAPI's routing and
     dependency solving, which are most of the CPU of a cache hit. Same auth dependency (401/403/429), same
-    exception handlers (503), same response as the route; anything else, including an id that does not match
-    the pattern (→ the route's 422), goes through the normal stack."""
+    problem rendering (503), same response as the route; an unexpected exception goes up to
+    RequestContextMiddleware (500); anything else, including an id that does not match the pattern (→ the
+    route's 422), goes through the normal stack."""
 
     def __init__(self, app, route=None) -> None:
         self.app = app
@@ -204,9 +204,9 @@ class MembershipFastPath:
         request = Request(scope, receive)
         try:
             await READ_DEP(request, _bearer_credentials(request))
-            response = await membership_response(request.app.state.cache, tenant, room_id, user_id)
-        except Exception as exc:
-            response = await _handled(request, exc)
+            response = await membership_response(request.app.state.cache, tenant, room_id, user_id, scope["path"])
+        except ProblemError as exc:
+            response = problems.response_of(exc, scope)
         await response(scope, receive, send)
 
 
@@ -258,7 +258,7 @@ def build_router() -> APIRouter:
     async def get_room(tenant: Tenant, room_id: RoomId, request: Request) -> Response:
         res = await _cache(request).room(tenant, room_id)
         if res.value is None:
-            return _not_found(f"room {room_id!r} not found", "room_not_found", res)
+            return _not_found(RoomNotFound, f"room {room_id!r} not found", request.scope["path"], res)
         return _json(res.value, res.status, res.age_s)
 
     @router.get("/rooms/{room_id}/members", dependencies=READ, response_model=MembersOut,
@@ -266,7 +266,7 @@ def build_router() -> APIRouter:
     async def get_members(tenant: Tenant, room_id: RoomId, request: Request) -> Response:
         res = await _cache(request).members(tenant, room_id)
         if res.value is None:
-            return _not_found(f"room {room_id!r} not found", "room_not_found", res)
+            return _not_found(RoomNotFound, f"room {room_id!r} not found", request.scope["path"], res)
         return _json(res.value, res.status, res.age_s)
 
     @router.get("/rooms/{room_id}/members/{user_id}", dependencies=READ, response_model=MembershipOut,
@@ -278,7 +278,7 @@ def build_router() -> APIRouter:
         # form and the fallback. Ids are checked with one precompiled regex (same 422 as FastAPI's).
         p = request.path_params
         tenant, room_id, user_id = _ids(tenant=p["tenant"], room_id=p["room_id"], user_id=p["user_id"])
-        return await membership_response(_cache(request), tenant, room_id, user_id)
+        return await membership_response(_cache(request), tenant, room_id, user_id, request.scope["path"])
 
     @router.get("/users/{user_id}/rooms", dependencies=READ, response_model=UserRoomsOut, responses={200: _ok(UserRoomsOut)},
                 summary="Rooms of a user (sorted ids).")
@@ -292,21 +292,22 @@ def build_router() -> APIRouter:
         res = await _cache(request).unread(tenant, user_id)
         return _json(res.value, res.status, res.age_s)
 
-    @router.post("/rooms:batchGet", dependencies=READ, response_model=RoomsBatchOut, responses={200: _ok(RoomsBatchOut)},
+    @router.post("/rooms:batchGet", dependencies=READ, response_model=RoomsBatchOut,
+                 responses={200: _ok(RoomsBatchOut), **_TOO_LARGE},
                  summary=f"Many rooms at once (up to {MAX_BATCH}); one origin call for all misses.")
     async def rooms_batch(tenant: Tenant, body: RoomsBatchIn, request: Request) -> Response:
         found, missing, status, age = await _cache(request).rooms_batch(tenant, body.room_ids)
         return _json({"rooms": found, "missing": missing}, status, age)
 
     @router.post("/memberships:check", dependencies=READ, response_model=MembershipsCheckOut,
-                 responses={200: _ok(MembershipsCheckOut)},
+                 responses={200: _ok(MembershipsCheckOut), **_TOO_LARGE},
                  summary=f"Many membership checks at once (up to {MAX_BATCH} (room, user) pairs); one round trip per batch on hits.")
     async def memberships_check(tenant: Tenant, body: MembershipsCheckIn, request: Request) -> Response:
         rows, status, age = await _cache(request).memberships_batch(tenant, [(c.room_id, c.user_id) for c in body.checks])
         results = [{"room_id": r, "user_id": u, "member": role is not None, "role": role, "room_exists": ex} for r, u, role, ex in rows]
         return _json({"results": results}, status, age)
 
-    @router.post("/events", dependencies=WRITE, response_model=EventsOut, tags=["events"],
+    @router.post("/events", dependencies=WRITE, response_model=EventsOut, tags=["events"], responses=_TOO_LARGE,
                  summary=f"Apply a batch of change events (up to {MAX_BATCH}); idempotent and order-insensitive. See docs/events.md.")
     async def post_events(tenant: Tenant, body: EventsIn, request: Request) -> EventsOut:
         results = await request.app.state.events.apply(tenant, body.events, source="http")
@@ -324,6 +325,7 @@ def install(app: FastAPI, settings) -> None:
     app.user_middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
     app.state.on_startup.append(_startup)
     app.state.on_shutdown.append(_shutdown)
-    app.include_router(build_router())
-    route = next((r for r in app.routes if getattr(r, "path", "") == MEMBERSHIP_PATH), None)
+    router = build_router()
+    app.include_router(router)
+    route = next(r for r in router.routes if r.path == MEMBERSHIP_PATH)  # (app.routes holds the router lazily)
     app.user_middleware.append(Middleware(MembershipFastPath, route=route))

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Depends, FastAPI
 
+from cacheman import problems
 from cacheman.auth import Principal, TokenVerifier, Unauthorized, mint_token, require
 from hotpath.settings import ApiSettings
 
@@ -34,6 +35,7 @@ def rsa_keys() -> tuple[str, str]:
 
 def build_app(settings: ApiSettings, redis_client) -> FastAPI:
     app = FastAPI()
+    problems.install(app)
     app.state.settings = settings
     app.state.redis = redis_client
 
@@ -82,14 +84,18 @@ async def test_valid_token_reaches_the_route(client):
 async def test_no_token_is_401_with_challenge(client):
     r = await client.get("/v1/acme/x")
     assert r.status_code == 401
-    assert r.headers["www-authenticate"].startswith("Bearer")
-    assert "missing bearer token" in r.json()["detail"]["message"]
+    assert r.headers["www-authenticate"] == 'Bearer realm="hotpath"'
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert (body["type"], body["title"], body["status"], body["instance"]) == (
+        "urn:hotpath:error:unauthorized", "Unauthorized", 401, "/v1/acme/x")
+    assert "missing bearer token" in body["detail"]
 
 
 async def test_non_bearer_scheme_is_401(client):
     r = await client.get("/v1/acme/x", headers={"Authorization": "Basic dXNlcjpwYXNz"})
     assert r.status_code == 401
-    assert "Bearer" in r.json()["detail"]["message"]
+    assert r.json()["type"] == "urn:hotpath:error:unauthorized" and "Bearer" in r.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -108,7 +114,7 @@ async def test_non_bearer_scheme_is_401(client):
 async def test_bad_tokens_are_401_saying_why(client, make, words):
     r = await client.get("/v1/acme/x", headers=bearer(make()))
     assert r.status_code == 401, r.text
-    assert words in r.json()["detail"]["message"]
+    assert r.json()["type"] == "urn:hotpath:error:unauthorized" and words in r.json()["detail"]
     assert 'error="invalid_token"' in r.headers["www-authenticate"]
 
 
@@ -116,7 +122,9 @@ async def test_wrong_tenant_is_403_and_never_reads_the_other_tenant(client):
     t = tok(tenants=("acme",))
     r = await client.get("/v1/globex/x", headers=bearer(t))
     assert r.status_code == 403
-    assert "globex" in r.json()["detail"]["message"]
+    body = r.json()
+    assert (body["type"], body["status"], body["tenant"]) == ("urn:hotpath:error:tenant-forbidden", 403, "globex")
+    assert "globex" in body["detail"]
     assert (await client.get("/v1/acme/x", headers=bearer(t))).status_code == 200
 
 
@@ -124,7 +132,9 @@ async def test_missing_scope_is_403(client):
     t = tok(scope="cache:read")
     r = await client.post("/v1/acme/x", headers=bearer(t))
     assert r.status_code == 403
-    assert "cache:write" in r.json()["detail"]["message"]
+    body = r.json()
+    assert (body["type"], body["scope"]) == ("urn:hotpath:error:scope-missing", "cache:write")
+    assert "cache:write" in body["detail"]
     assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
     both = tok(scope=["cache:read", "cache:write"])
     assert (await client.post("/v1/acme/x", headers=bearer(both))).status_code == 200
@@ -171,7 +181,7 @@ async def test_algorithm_confusion_is_rejected(client, rsa_keys):
     t = forged.encode(payload, public, algorithm="HS256", headers={"kid": "r1"})
     r = await client.get("/v1/acme/x", headers=bearer(t))
     assert r.status_code == 401
-    assert "does not match key" in r.json()["detail"]["message"]
+    assert "does not match key" in r.json()["detail"]
 
 
 async def test_cached_token_still_expires():

@@ -62,9 +62,10 @@ async def test_readyz_503_names_the_dependency_that_is_down(sqlite_origin_url):
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
             r = await client.get("/readyz")
-    assert r.status_code == 503
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
     body = r.json()
-    assert body["status"] == "not_ready"
+    assert (body["type"], body["status"], body["dependency"]) == ("urn:hotpath:error:dependency-unavailable", 503, "redis")
+    assert body["detail"].startswith("not ready: redis: ") and body["instance"] == "/readyz"
     assert body["dependencies"]["redis"]["status"] == "down"
     assert body["dependencies"]["redis"]["error"]
     assert body["dependencies"]["origin"]["status"] == "ok"
@@ -115,9 +116,12 @@ async def test_queue_full_becomes_429_with_retry_after(redis_url, sqlite_origin_
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
             r = await client.post("/_test/enqueue")
     assert r.status_code == 429
-    assert r.headers["retry-after"] == "3"
+    assert r.headers["retry-after"] == "3" and r.headers["content-type"] == "application/problem+json"
     body = r.json()
-    assert body["error"] == "queue_full" and body["queue"] == "hotpath:index" and body["retry_after"] == 2.3
+    assert (body["type"], body["status"], body["queue"], body["retry_after_s"]) == (
+        "urn:hotpath:error:queue-full", 429, "hotpath:index", 2.3)
+    assert body["request_id"] == r.headers["x-request-id"] and body["instance"] == "/_test/enqueue"
+    assert "nothing was enqueued" in body["detail"]
 
 
 def test_origin_settings_reach_the_adapter():

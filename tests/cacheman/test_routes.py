@@ -6,8 +6,12 @@ bodies answer 4xx with a message (never 500); an event's effect is visible as so
 
 from __future__ import annotations
 
+import math
+import time
+
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
 from cacheman.app import create_app
 from cacheman.auth import mint_token
@@ -17,6 +21,7 @@ from tests.cacheman.conftest import running
 
 SECRET = "routes-test-secret-0123456789-0123456789"
 T, OTHER = "acme", "globex"
+PROBLEM = "application/problem+json"
 
 
 def token(tenants=(T,), scope="cache:read cache:write") -> dict[str, str]:
@@ -39,18 +44,25 @@ async def api(redis_url, key_prefix, sqlite_url):
 
 async def test_room_routes_answer_with_x_cache_and_age(api):
     h = token()
+    filled = time.monotonic()
     first = await api.get(f"/v1/{T}/rooms/room-01", headers=h)
     second = await api.get(f"/v1/{T}/rooms/room-01", headers=h)
     assert first.status_code == second.status_code == 200
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
-    assert second.headers["age"].isdigit()
+    assert first.headers["age"] == "0"  # just loaded from the origin
+    assert 0 <= int(second.headers["age"]) <= math.ceil(time.monotonic() - filled)
     assert second.json()["room_id"] == "room-01" and second.json()["name"] == f"{T}-room-01"
     missing = await api.get(f"/v1/{T}/rooms/room-99", headers=h)
-    assert missing.status_code == 404 and missing.json()["error"] == "room_not_found"
-    assert missing.headers["x-cache"] == "miss"
+    assert missing.status_code == 404 and missing.headers["content-type"] == PROBLEM
+    assert missing.json() == {"type": "urn:hotpath:error:room-not-found", "title": "Room not found", "status": 404,
+                              "detail": "room 'room-99' not found", "instance": f"/v1/{T}/rooms/room-99",
+                              "request_id": missing.headers["x-request-id"]}
+    assert (missing.headers["x-cache"], missing.headers["age"]) == ("miss", "0")
+    again = await api.get(f"/v1/{T}/rooms/room-99", headers=h)
+    assert again.status_code == 404 and again.headers["x-cache"] == "hit"  # the negative answer is cached
 
     members = await api.get(f"/v1/{T}/rooms/room-01/members", headers=h)
-    assert members.status_code == 200 and members.headers["x-cache"] in ("miss", "hit")
+    assert members.status_code == 200 and (members.headers["x-cache"], members.headers["age"]) == ("miss", "0")
     body = members.json()
     expected = await api.origin.get_members(T, "room-01")
     assert body["version"] == expected.version
@@ -62,7 +74,10 @@ async def test_room_routes_answer_with_x_cache_and_age(api):
     assert hit.json() == {"room_id": "room-01", "user_id": member.user_id, "role": member.role}
     outsider = next(f"user-{i:03d}" for i in range(1, 101) if f"user-{i:03d}" not in {m.user_id for m in expected.members})
     nope = await api.get(f"/v1/{T}/rooms/room-01/members/{outsider}", headers=h)
-    assert nope.status_code == 404 and nope.json()["error"] == "not_member" and nope.headers["x-cache"] == "hit"
+    assert nope.status_code == 404 and nope.headers["x-cache"] == "hit" and nope.headers["content-type"] == PROBLEM
+    assert nope.json() == {"type": "urn:hotpath:error:not-member", "title": "Not a member", "status": 404,
+                           "detail": f"user {outsider!r} is not a member of room 'room-01'",
+                           "instance": f"/v1/{T}/rooms/room-01/members/{outsider}", "request_id": nope.headers["x-request-id"]}
 
 
 async def test_user_routes_and_unread(api):
@@ -70,10 +85,10 @@ async def test_user_routes_and_unread(api):
     members = await api.origin.get_members(T, "room-02")
     user = members.members[0].user_id
     rooms = await api.get(f"/v1/{T}/users/{user}/rooms", headers=h)
-    assert rooms.status_code == 200 and "x-cache" in rooms.headers and "age" in rooms.headers
+    assert rooms.status_code == 200 and (rooms.headers["x-cache"], rooms.headers["age"]) == ("miss", "0")
     assert rooms.json() == {"user_id": user, "rooms": await api.origin.get_user_rooms(T, user)}
     unread = await api.get(f"/v1/{T}/users/{user}/unread", headers=h)
-    assert unread.status_code == 200 and unread.headers["x-cache"] == "miss"
+    assert unread.status_code == 200 and (unread.headers["x-cache"], unread.headers["age"]) == ("miss", "0")
     states = await api.origin.get_read_states(T, user)
     expected = {s.room_id: max(0, s.last_seq - s.last_read_seq) for s in states}
     assert unread.json() == {"total": sum(expected.values()), "rooms": expected}
@@ -84,7 +99,7 @@ async def test_user_routes_and_unread(api):
 async def test_batch_routes(api):
     h = token()
     res = await api.post(f"/v1/{T}/rooms:batchGet", headers=h, json={"room_ids": ["room-01", "room-02", "room-77"]})
-    assert res.status_code == 200 and "x-cache" in res.headers
+    assert res.status_code == 200 and (res.headers["x-cache"], res.headers["age"]) == ("miss", "0")
     assert sorted(res.json()["rooms"]) == ["room-01", "room-02"] and res.json()["missing"] == ["room-77"]
     members = (await api.origin.get_members(T, "room-03")).members
     checks = [{"room_id": "room-03", "user_id": m.user_id} for m in members] + [{"room_id": "room-03", "user_id": "nobody"}]
@@ -132,26 +147,73 @@ async def test_cache_metrics_are_exported(api):
     assert 'hotpath_cache_events_total{result="applied",source="http",type="room.updated"}' in text
 
 
-ROUTES = [
-    ("GET", "/v1/{t}/rooms/room-01", None),
-    ("GET", "/v1/{t}/rooms/room-01/members", None),
-    ("GET", "/v1/{t}/rooms/room-01/members/user-001", None),
-    ("GET", "/v1/{t}/users/user-001/rooms", None),
-    ("GET", "/v1/{t}/users/user-001/unread", None),
-    ("POST", "/v1/{t}/rooms:batchGet", {"room_ids": ["room-01"]}),
-    ("POST", "/v1/{t}/memberships:check", {"checks": [{"room_id": "room-01", "user_id": "user-001"}]}),
-    ("POST", "/v1/{t}/events", {"events": [{"id": "e", "type": "room.updated", "room_id": "room-01"}]}),
-]
+# Routes anyone may call: health, metrics, the API's own documentation. Every other route of the app must
+# refuse a missing token (401) and a token for another tenant (403), and answer its own tenant.
+PUBLIC = {"/livez", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# Path parameter values naming demo data that exists (user-005 owns acme's room-01), so every route's
+# own-tenant answer is a 200, the one right answer.
+PARAMS = {"room_id": "room-01", "user_id": "user-005"}
 
 
-@pytest.mark.parametrize(("method", "path", "body"), ROUTES)
-async def test_a_token_for_one_tenant_never_reads_another(api, method, path, body):
-    own = await api.request(method, path.format(t=T), headers=token(), json=body)
-    assert own.status_code in (200, 404)
-    other = await api.request(method, path.format(t=OTHER), headers=token(), json=body)
-    assert other.status_code == 403 and OTHER in other.json()["detail"]["message"]
-    anon = await api.request(method, path.format(t=T), json=body)
-    assert anon.status_code == 401
+def all_routes(routes) -> list:
+    """The app's route table, flattened: FastAPI (0.16x) keeps an included router as one lazy entry."""
+    out = []
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        out += [c.original_route for c in contexts()] if contexts is not None else [route]
+    return out
+
+
+def operations(app) -> list[tuple[str, str]]:
+    """(method, path template) of every route in the app's own route table, the public ones excepted."""
+    ops = []
+    for route in all_routes(app.routes):
+        if route.path in PUBLIC:
+            continue
+        assert isinstance(route, APIRoute), f"{route.path}: not a FastAPI route; list it in PUBLIC or extend this test"
+        ops += [(method, route.path) for method in sorted(route.methods)]
+    return ops
+
+
+def example_request(spec: dict, method: str, template: str, tenant: str) -> tuple[str, dict | None]:
+    """A valid request for an operation: ids from PARAMS, the body from its model's published example."""
+    params = {"tenant": tenant, **PARAMS}
+    names = [part[1:-1] for part in template.split("/") if part.startswith("{")]
+    assert set(names) <= set(params), f"{template}: add a value for {set(names) - set(params)} to PARAMS"
+    body = None
+    request_body = spec["paths"][template][method.lower()].get("requestBody")
+    if request_body is not None:
+        ref = request_body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        examples = spec["components"]["schemas"][ref].get("examples")
+        assert examples, f"{template}: give {ref} an example (json_schema_extra) so the route can be walked"
+        body = examples[0]
+    return template.format(**params), body
+
+
+def app_for_walk():
+    return create_app(ApiSettings(jwt_keys={"t1": SECRET}))
+
+
+@pytest.mark.parametrize(("method", "template"), operations(app_for_walk()))
+async def test_a_token_for_one_tenant_never_reads_another(api, method, template):
+    assert "{tenant}" in template, f"{template}: a non-public route outside /v1/{{tenant}}: decide how it is isolated"
+    spec = (await api.get("/openapi.json")).json()
+    path, body = example_request(spec, method, template, T)
+    own = await api.request(method, path, headers=token(), json=body)
+    assert own.status_code == 200, own.text
+    other_path, _ = example_request(spec, method, template, OTHER)
+    other = await api.request(method, other_path, headers=token(), json=body)
+    assert other.status_code == 403 and other.headers["content-type"] == PROBLEM
+    assert (other.json()["type"], other.json()["tenant"]) == ("urn:hotpath:error:tenant-forbidden", OTHER)
+    assert OTHER in other.json()["detail"] and "x-cache" not in other.headers
+    anon = await api.request(method, path, json=body)
+    assert anon.status_code == 401 and anon.json()["type"] == "urn:hotpath:error:unauthorized"
+    assert anon.headers["www-authenticate"] == 'Bearer realm="hotpath"'
+
+
+def test_the_route_walk_sees_every_cache_route():
+    """The walk above is only as good as the route table it reads: it must see the eight cache routes."""
+    assert len(operations(app_for_walk())) == 8
 
 
 async def test_events_need_the_write_scope(api):
@@ -175,9 +237,14 @@ async def test_bodies_over_the_limit_are_413_and_bad_batches_422_with_a_message(
     h = token()
     big = {"checks": [{"room_id": "r", "user_id": f"u{i:063d}"} for i in range(1000)]}  # ~90 KB > the 64 KiB limit
     res = await api.post(f"/v1/{T}/memberships:check", headers=h, json=big)
-    assert res.status_code == 413 and "HOTPATH_MAX_BODY_BYTES" in res.json()["detail"]
+    assert res.status_code == 413 and res.headers["content-type"] == PROBLEM
+    assert res.json()["type"] == "urn:hotpath:error:payload-too-large" and "HOTPATH_MAX_BODY_BYTES" in res.json()["detail"]
+    assert res.json()["request_id"] == res.headers["x-request-id"]
     res = await api.post(f"/v1/{T}/rooms:batchGet", headers=h, json={"room_ids": [f"r{i}" for i in range(1001)]})
     assert res.status_code == 422 and "at most 1000" in res.text
+    assert res.json()["errors"] == [{"loc": ["body", "room_ids"], "type": "too_long",
+                                     "msg": "List should have at most 1000 items after validation, not 1001"}]
+    assert "r1000" not in res.text and len(res.content) < 1000  # the 1,001 ids are not echoed back
     res = await api.post(f"/v1/{T}/events", headers=h, json={"events": []})
     assert res.status_code == 422 and "at least 1" in res.text
     res = await api.post(f"/v1/{T}/events", headers=h, json={"events": [{"id": "e", "type": "read.updated", "room_id": "r"}]})
@@ -206,18 +273,24 @@ async def test_chunked_body_over_the_limit_is_413(api):
             yield b"x" * 1024
 
     res = await api.post(f"/v1/{T}/events", headers=token(), content=chunks())
-    assert res.status_code == 413
+    assert res.status_code == 413 and res.json()["type"] == "urn:hotpath:error:payload-too-large"
 
 
-def test_openapi_documents_every_route_with_its_headers():
-    app = create_app(ApiSettings(jwt_keys={"t1": SECRET}))
+def test_openapi_documents_every_route_with_its_headers_and_problem_responses():
+    app = app_for_walk()
     spec = app.openapi()
-    for method, path, _ in ROUTES:
-        op = spec["paths"][path.format(t="{tenant}").replace("room-01/members/user-001", "{room_id}/members/{user_id}")
-                           .replace("rooms/room-01", "rooms/{room_id}").replace("users/user-001", "users/{user_id}")][method.lower()]
-        assert "200" in op["responses"] and "503" in op["responses"]
+    for method, template in operations(app):
+        op = spec["paths"][template][method.lower()]
+        expected = {"200", "401", "403", "422", "429", "500", "503"} | ({"413"} if method == "POST" else set())
+        if template.startswith("/v1/{tenant}/rooms/{room_id}"):
+            expected.add("404")
+        assert set(op["responses"]) == expected, (method, template)
+        for status in expected - {"200"}:
+            assert op["responses"][status]["content"] == {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    assert "HTTPValidationError" not in spec["components"]["schemas"]  # FastAPI's default 422 body is not what we send
+    assert set(spec["components"]["schemas"]["Problem"]["required"]) == {"type", "title", "status", "detail", "instance", "request_id"}
     get_room = spec["paths"]["/v1/{tenant}/rooms/{room_id}"]["get"]
-    assert "X-Cache" in get_room["responses"]["200"]["headers"]
+    assert "X-Cache" in get_room["responses"]["200"]["headers"] and "X-Cache" in get_room["responses"]["404"]["headers"]
     params = {p["name"]: p for p in get_room["parameters"]}
     assert params["room_id"]["schema"]["pattern"].startswith("^[A-Za-z0-9]")
 
@@ -225,7 +298,8 @@ def test_openapi_documents_every_route_with_its_headers():
 async def test_the_membership_fast_path_answers_exactly_like_the_route(redis_url, key_prefix):
     """MembershipFastPath skips FastAPI's routing and dependency solving; status, body and headers must be
     those of the FastAPI route for every outcome: hit, not a member, no room, 401, 403, 422, 503."""
-    from cacheman.routes import MembershipFastPath
+    from cacheman.observability import HTTP_REQUESTS
+    from cacheman.routes import MEMBERSHIP_PATH, MembershipFastPath
     from tests.cacheman.cache_fakes import FakeOrigin
 
     origin = FakeOrigin()
@@ -268,5 +342,9 @@ async def test_the_membership_fast_path_answers_exactly_like_the_route(redis_url
         a, b = await f.get(path, headers=token()), await s.get(path, headers=token())
         assert a.status_code == 503 and a.json()["dependency"] == "origin"
         same(a, b, path)
-        metrics = (await f.get("/metrics")).text
-    assert 'hotpath_http_requests_total{method="GET",route="/v1/{tenant}/rooms/{room_id}/members/{user_id}",status="200"}' in metrics
+        # The fast path labels its requests with the route template (not "unmatched"); counted on the fast app alone.
+        counter = HTTP_REQUESTS.labels(MEMBERSHIP_PATH, "GET", "200")
+        before = counter._value.get()
+        for _ in range(3):
+            assert (await f.get(f"/v1/{T}/rooms/room-06/members/user-001", headers=token())).status_code == 200
+        assert counter._value.get() - before == 3
