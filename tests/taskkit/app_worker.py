@@ -20,15 +20,19 @@ LEDGER_LUA = (Path(__file__).parent / "effect_ledger.lua").read_text()
 
 
 def _keys():
-    return f"{PREFIX}ledger", f"{PREFIX}total", f"{PREFIX}executions"
+    return f"{PREFIX}ledger", f"{PREFIX}total", f"{PREFIX}executions", f"{PREFIX}runs"
 
 
 @task(queue=QUEUE, timeout=1.0, retry=RetryPolicy(max_attempts=8, base_s=0.05, cap_s=0.5))
 async def apply_effect(ctx, n: int, amount: int) -> int:
-    """Count the execution, work a little, then apply the effect through the idempotent ledger."""
+    """Count the execution (in total and per job), work a little, then apply the effect through the
+    idempotent ledger."""
     redis = ctx["redis"]
-    ledger, total, executions = _keys()
-    await redis.incr(executions)
+    ledger, total, executions, runs = _keys()
+    async with redis.pipeline(transaction=True) as p:
+        p.incr(executions)
+        p.hincrby(runs, ctx["job_id"], 1)
+        await p.execute()
     await asyncio.sleep(SLEEP_S)
     return await redis.eval(LEDGER_LUA, 2, ledger, total, ctx["job_id"], amount)
 

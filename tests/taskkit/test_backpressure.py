@@ -4,15 +4,16 @@ overloaded queue stays bounded without losing accepted jobs, and the AIMD limit 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import pytest
 
-from taskkit import AimdController, AimdPolicy, Producer, QueueFull, Watermarks
+from taskkit import AimdController, Producer, QueueFull, Watermarks
 from taskkit.backpressure import admit
 from taskkit.keys import Keys
 from tests.taskkit import app_worker
-from tests.taskkit.harness import start_app_worker
+from tests.taskkit.harness import ROOT, start_app_worker
 
 
 async def _set_depth(redis, queue_key: str, depth: int) -> None:
@@ -114,26 +115,60 @@ async def test_overload_depth_bounded_nothing_accepted_lost(redis, redis_url, tk
     assert max_depth >= low  # and the queue really filled up
 
 
-async def test_aimd_limit_is_shared_between_processes(redis, tk_prefix):
-    policy = AimdPolicy(initial=100, min=20, max=200, add_per_s=10, beta=0.5, cooldown_s=0.5)
-    a = AimdController(redis, "milvus", keys=Keys(tk_prefix), policy=policy)
-    b = AimdController(redis, "milvus", keys=Keys(tk_prefix), policy=policy)  # another worker process
-    assert await a.current() == 100
-    assert await a.slow_down() == 50
-    assert await b.slow_down() == 50  # within the cooldown: a burst of signals counts once
-    assert await b.current() == 50
-    await asyncio.sleep(0.55)
-    assert await b.slow_down() == 25
-    assert await a.current() == 25
-    await asyncio.sleep(0.55)
-    assert await a.slow_down() == 20  # floor
-    # additive increase: +10/s for the time since the last change, applied at most once a second
-    await asyncio.sleep(1.0)
-    grown = await b.ok()
-    assert 30 <= grown <= 40, grown
-    assert await a.ok() == grown  # a second ok within the second: no change
-    # the token bucket rations calls: 20 calls past the burst take about 20 / limit seconds
-    t0 = time.monotonic()
-    for _ in range(int(grown) + 20):
-        await a.acquire()
-    assert time.monotonic() - t0 >= 0.8 * 20 / grown
+class _Peer:
+    """The AIMD controller of another process (tests/taskkit/aimd_peer.py), one command at a time."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def send(self, line: str) -> None:
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def reply(self) -> float:
+        out = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        assert out, "the peer process died"
+        return float(out)
+
+    async def __call__(self, line: str) -> float:
+        await self.send(line)
+        return await self.reply()
+
+
+async def test_aimd_limit_is_shared_between_processes(redis, redis_url, tk_prefix):
+    from tests.taskkit.aimd_peer import POLICY as policy
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.taskkit.aimd_peer", redis_url, tk_prefix, cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
+        b = _Peer(proc)  # another worker process, same Redis
+        a = AimdController(redis, "milvus", keys=Keys(tk_prefix), policy=policy)
+        assert await a.current() == 100
+        assert await a.slow_down() == 50
+        assert await b("slow_down") == 50  # within the cooldown: a burst of signals counts once
+        assert await b("current") == 50
+        await asyncio.sleep(0.55)
+        assert await b("slow_down") == 25
+        assert await a.current() == 25
+        await asyncio.sleep(0.55)
+        assert await a.slow_down() == 20  # floor
+        # additive increase: +10/s for the time since the last change, applied at most once a second
+        await asyncio.sleep(1.0)
+        grown = await b("ok")
+        assert 30 <= grown <= 40, grown
+        assert await a.ok() == grown  # a second ok within the second: no change
+        # one token bucket for both: each process takes `grown` calls at once, twice what one burst holds,
+        # so together they wait about grown / limit = 1 s (two separate buckets would not wait at all)
+        n = int(grown)
+        t0 = time.monotonic()
+        await b.send(f"acquire {n}")
+        for _ in range(n):
+            await a.acquire()
+        await b.reply()
+        assert time.monotonic() - t0 >= 0.8 * (2 * n - grown) / grown
+    finally:
+        if proc.returncode is None:
+            proc.stdin.close()
+            await asyncio.wait_for(proc.wait(), 10)

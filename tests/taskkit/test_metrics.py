@@ -21,6 +21,7 @@ from taskkit import (
     task,
     worker_settings,
 )
+from taskkit import metrics as tk_metrics
 from taskkit.keys import Keys
 from taskkit.worker import redis_settings_from_url
 from tests.taskkit.harness import running_worker, wait_until
@@ -70,22 +71,35 @@ async def test_metrics_and_health_record(redis, redis_url, tk_prefix):
                           health_interval_s=0.2, on_startup=startup)
     k = Keys(tk_prefix)
     ins = Inspector(redis, prefix=tk_prefix)
+    async def shared_state() -> dict:
+        """What the health loop publishes: the worker's record, the queue's stats, the gauges."""
+        workers = await redis.zrange(k.workers(Q), 0, -1)
+        rec = {a.decode(): b.decode() for a, b in (await redis.hgetall(k.health(Q, workers[0].decode()))).items()
+               } if len(workers) == 1 else {}
+        stats = (await ins.stats(Q))[0]
+        return {
+            "workers": len(workers), "record": {f: rec.get(f) for f in ("queue", "completed", "dead", "retried")},
+            "stats": (stats.workers, stats.completed, stats.dead, stats.rejected),
+            "gauges": (metric("taskkit_dead_letter_size", queue=Q), metric("taskkit_queue_depth", queue=Q),
+                       metric("taskkit_jobs_in_flight", queue=Q)),
+        }
+
+    # gauges are process-wide: clear what an earlier test left, so only this worker's ticks can set them
+    tk_metrics.DLQ_SIZE.labels(Q).set(-1)
+    tk_metrics.QUEUE_DEPTH.labels(Q).set(-1)
+    want = {"workers": 1, "record": {"queue": Q, "completed": "3", "dead": "1", "retried": "1"},
+            "stats": (1, 3, 1, 1), "gauges": (1, 0, 0)}
     async with running_worker(cls):
         await wait_until(lambda: metric("taskkit_jobs_completed_total", queue=Q, task="m_task")
                          == before["done"] + 3, within=10)
-        await asyncio.sleep(0.5)  # two health ticks
-        workers = await redis.zrange(k.workers(Q), 0, -1)
-        assert len(workers) == 1
-        hkey = k.health(Q, workers[0].decode())
-        rec = {a.decode(): b.decode() for a, b in (await redis.hgetall(hkey)).items()}
-        assert rec["queue"] == Q and rec["completed"] == "3" and rec["dead"] == "1" and rec["retried"] == "1"
-        assert int(rec["updated_ms"]) > time.time() * 1000 - 1000  # refreshed every few seconds
+        # the health loop (every 0.2 s) publishes the new state: poll for it rather than sleep and hope
+        deadline = time.monotonic() + 10
+        while (state := await shared_state()) != want and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert state == want
+        hkey = k.health(Q, (await redis.zrange(k.workers(Q), 0, -1))[0].decode())
+        assert int(await redis.hget(hkey, "updated_ms")) > time.time() * 1000 - 1000  # refreshed every 0.2 s
         assert 0 < await redis.pttl(hkey) <= 600  # expires if the worker dies
-        stats = (await ins.stats(Q))[0]
-        assert stats.workers == 1 and stats.completed == 3 and stats.dead == 1 and stats.rejected == 1
-        assert metric("taskkit_dead_letter_size", queue=Q) == 1
-        assert metric("taskkit_queue_depth", queue=Q) == 0
-        assert metric("taskkit_jobs_in_flight", queue=Q) == 0
     assert metric("taskkit_jobs_retried_total", queue=Q, task="m_task", error="TransientError") == before["retried"] + 1
     assert metric("taskkit_jobs_dead_total", queue=Q, task="m_task", error="PermanentError") == before["dead"] + 1
     assert metric("taskkit_batch_size_count", batcher="m") == before["batches"] + 1

@@ -76,9 +76,9 @@ async def slow(ctx) -> None:
 def settings(redis_url, prefix, **kw):
     from taskkit import redis_settings_from_url
 
+    kw.setdefault("health_interval_s", 0.5)
     return worker_settings(Q, [flaky, broken, always_down, far_retry, index_doc, slow],
-                           redis_settings=redis_settings_from_url(redis_url), prefix=prefix, concurrency=8,
-                           health_interval_s=0.5, **kw)
+                           redis_settings=redis_settings_from_url(redis_url), prefix=prefix, concurrency=8, **kw)
 
 
 async def _result(redis, job_id: str):
@@ -175,13 +175,18 @@ async def test_retry_more_than_a_day_ahead_keeps_its_keys(redis, redis_url, tk_p
     k = Keys(tk_prefix)
     job = await prod.enqueue(far_retry)
     assert await redis.pttl(k.job(job.job_id)) <= 3600_000
+    two_days_ms = 2 * 86400 * 1000
+
+    async def attempt_ended() -> bool:
+        # ARQ has written the attempt's end: in-progress key gone, the job re-scored two days ahead
+        score = await redis.zscore(k.arq_queue(Q), job.job_id)
+        return (not await redis.exists(k.in_progress(job.job_id)) and score is not None
+                and score >= time.time() * 1000 + two_days_ms - 60_000)
+
     async with running_worker(settings(redis_url, tk_prefix)):
         await wait_until(lambda: ins.count("retry"), within=5)
-        await asyncio.sleep(0.2)  # let ARQ finish its bookkeeping of the attempt
-    two_days_ms = 2 * 86400 * 1000
+        await wait_until(attempt_ended, within=5)
     now_ms = time.time() * 1000
-    score = await redis.zscore(k.arq_queue(Q), job.job_id)
-    assert score is not None and score >= now_ms + two_days_ms - 60_000
     # The job key had 1 h and ARQ's try counter 88,400 s; both now outlive the retry.
     assert await redis.pttl(k.job(job.job_id)) > two_days_ms
     assert await redis.pttl(k.arq_retry(job.job_id)) > two_days_ms
@@ -236,6 +241,30 @@ async def test_death_hook_and_dlq_bounds(redis, redis_url, tk_prefix):
     dlq = DeadLetterQueue(redis, Keys(tk_prefix), DeadLetterPolicy(max_age_s=0.001))
     await asyncio.sleep(0.01)
     assert await dlq.trim(Q) == 3 and await ins.count("dead") == 0
+    assert not [k async for k in redis.scan_iter(match=Keys(tk_prefix).dlq_record_prefix(Q) + "*")]
+
+
+async def test_worker_trims_old_dead_letters_on_its_own(redis, redis_url, tk_prefix):
+    # The age bound is applied by the worker's health loop, not only when another job dies: after the last
+    # death nothing is added, so only the periodic trim can empty the queue.
+    prod = Producer(redis, prefix=tk_prefix)
+    ins = Inspector(redis, prefix=tk_prefix)
+    died = []
+    jobs = [await prod.enqueue(broken, {"id": f"old{i}"}) for i in range(3)]
+    max_age_s = 1.5
+    cls = settings(redis_url, tk_prefix, on_death=died.append, dead_letter=DeadLetterPolicy(max_age_s=max_age_s),
+                   health_interval_s=0.2)
+    async with running_worker(cls):
+        await wait_until(lambda: len(died) == 3, within=10)
+        last_death_s = max(r.died_ms for r in died) / 1000
+        assert {r.job_id for r in await ins.list("dead")} == {j.job_id for j in jobs}  # kept while young
+
+        async def emptied() -> bool:
+            return await ins.count("dead") == 0
+
+        await wait_until(emptied, within=max_age_s + 10)
+        emptied_s = time.time()
+    assert emptied_s >= last_death_s + max_age_s - 0.05  # trimmed for their age, not at once
     assert not [k async for k in redis.scan_iter(match=Keys(tk_prefix).dlq_record_prefix(Q) + "*")]
 
 
