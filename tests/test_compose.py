@@ -1,6 +1,7 @@
 """compose.yml cannot run here (no Docker engine), so check it against the project by construction:
 every hotpath command is a real subcommand, every HOTPATH_* variable is a known setting, every
-image that is built comes from the repo's Dockerfile, and what the Dockerfile copies exists."""
+image that is built comes from the repo's Dockerfile, and what the Dockerfile copies exists; and no secret
+is written in it: each comes from the environment as a required variable, named in the README."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import typer.main
 import yaml
 
 from hotpath.cli import app
-from hotpath.settings import describe_settings
+from hotpath.settings import DEV_JWT_SECRET, describe_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "compose.yml").read_text())
@@ -110,3 +111,64 @@ def test_dockerfile_builds_what_compose_runs():
         if "build" in svc:
             ctx = svc["build"] if isinstance(svc["build"], str) else svc["build"].get("context", ".")
             assert (ROOT / ctx / "Dockerfile").exists(), name
+
+
+# --- secrets: every one comes from the environment, in compose's required form ------------------------
+
+SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|ROOT_USER")
+REQUIRED_VAR = re.compile(r"\$\{(?P<var>[A-Za-z_][A-Za-z0-9_]*):\?[^}]+\}")
+URL_PASSWORD = re.compile(r"://[^/:@\s]+:(?P<password>[^@\s]*)@")
+KNOWN_DEFAULT_SECRETS = ("minioadmin", DEV_JWT_SECRET)
+
+
+def _environments(compose: dict):
+    for name, svc in (compose.get("services") or {}).items():
+        env = svc.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+        yield name, env
+
+
+def literal_secrets(compose: dict) -> list[str]:
+    """Environment entries that hold a secret other than as `${VAR:?message}` (a required variable)."""
+    found = []
+    for name, env in _environments(compose):
+        for var, value in env.items():
+            value = "" if value is None else str(value)
+            if SECRET_NAME.search(var) and not REQUIRED_VAR.fullmatch(value):
+                found.append(f"{name}: {var}={value!r}")
+            m = URL_PASSWORD.search(value)
+            if m and not REQUIRED_VAR.fullmatch(m.group("password")):
+                found.append(f"{name}: {var} has a literal password in its URL")
+    return found
+
+
+def test_no_secret_has_a_literal_value():
+    assert literal_secrets(COMPOSE) == []
+
+
+def test_the_secret_check_catches_literals():
+    bad = {"services": {
+        "a": {"environment": {"HOTPATH_JWT_KEYS": '{"k": "literal"}', "MINIO_ROOT_USER": "admin"}},
+        "b": {"environment": ["POSTGRES_PASSWORD=hotpath", "HOTPATH_S3_SECRET_KEY=${S3_SECRET}"]},  # no :? → optional
+        "c": {"environment": {"HOTPATH_ORIGIN_URL": "postgresql+asyncpg://u:pw@db/x"}},
+    }}
+    assert len(literal_secrets(bad)) == 5, literal_secrets(bad)
+    good = {"services": {"a": {"environment": {"HOTPATH_JWT_KEYS": "${HOTPATH_JWT_KEYS:?set it}",
+                                               "HOTPATH_ORIGIN_URL": "postgresql+asyncpg://u:${PG:?set PG}@db/x"}}}}
+    assert literal_secrets(good) == []
+
+
+def test_no_known_default_secret_appears_anywhere():
+    text = (ROOT / "compose.yml").read_text()
+    for secret in KNOWN_DEFAULT_SECRETS:
+        assert secret not in text, f"compose.yml contains the default secret {secret!r}"
+
+
+def test_readme_names_every_required_variable():
+    required = set(REQUIRED_VAR.findall((ROOT / "compose.yml").read_text()))
+    assert {"HOTPATH_JWT_KEYS", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD"} <= required, required
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Secrets", 1)[1].split("\n## ", 1)[0] if "## Secrets" in readme else ""
+    for var in required:
+        assert f"`{var}`" in section, f"README's Secrets section does not say to set {var}"
