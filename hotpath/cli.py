@@ -100,7 +100,8 @@ def dev(
 ) -> None:
     """Run the whole stack on embedded defaults (Valkey, moto S3, Milvus Lite, SQLite demo origin, API, workers).
 
-    One supervised group of processes; a part whose HOTPATH_* URL is set is used instead of started.
+    One supervised group of processes; a part whose HOTPATH_* URL is set (environment or .env) is used instead
+    of started.
     Ctrl-C or SIGTERM stops everything."""
     from hotpath.settings import DevSettings
 
