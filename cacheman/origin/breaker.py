@@ -71,10 +71,11 @@ class CircuitBreaker:
         return self._state
 
     @property
-    def retry_after_s(self) -> float:
-        """Seconds until an open breaker lets a probe through (0 when it would allow a call now)."""
+    def retry_after_s(self) -> float | None:
+        """Seconds until an open breaker lets a probe through; None when it is not open (closed, or half-open
+        with its probe under way), i.e. when there is no known time to say "try again then"."""
         if self.state != OPEN:
-            return 0.0
+            return None
         return max(0.0, self.open_s - (self._clock() - self._opened_at))
 
     def allow(self) -> bool:

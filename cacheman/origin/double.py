@@ -19,16 +19,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cacheman.errors import OriginUnavailable
-
-MAX_BATCH = 1000
+from cacheman.keys import MAX_BATCH
 
 
 class BatchRooms(BaseModel):
     room_ids: list[str] = Field(max_length=MAX_BATCH)
-
-
-class BatchMembers(BaseModel):
-    user_ids: list[str] = Field(max_length=MAX_BATCH)
 
 
 class Control(BaseModel):
@@ -151,11 +146,6 @@ def create_double(origin, *, name: str = "dbman-double") -> FastAPI:
         op("get_member")
         member = await origin.get_member(tenant, room_id, user_id)
         return _not_found(f"member {user_id!r} of room {room_id!r}") if member is None else member.model_dump()
-
-    @app.post("/v1/{tenant}/rooms/{room_id}/members:batchCheck")
-    async def batch_check(tenant: str, room_id: str, body: BatchMembers):
-        op("get_memberships")
-        return {"members": await origin.get_memberships(tenant, room_id, body.user_ids)}
 
     @app.get("/v1/{tenant}/users/{user_id}/rooms")
     async def user_rooms(tenant: str, user_id: str):

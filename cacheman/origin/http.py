@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
@@ -19,12 +19,11 @@ import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from cacheman.errors import OriginUnavailable
+from cacheman.keys import MAX_BATCH
 from cacheman.origin.base import Member, Members, ReadState, Room
 from cacheman.origin.breaker import ORIGIN_SECONDS, CircuitBreaker
 
 log = logging.getLogger("cacheman.origin.http")
-
-BATCH_LIMIT = 1000  # ids per batch call, as the contract says
 
 
 class _Transient(Exception):
@@ -37,9 +36,6 @@ class Instance:
 
     base_url: str
     breaker: CircuitBreaker
-    calls: int = 0
-    failures: int = 0
-    last_error: str = field(default="")
 
 
 def _seg(s: str) -> str:
@@ -100,6 +96,13 @@ class HttpOrigin:
         """Breaker state per instance base URL (also exported as hotpath_origin_breaker_state)."""
         return {i.base_url: i.breaker.state for i in self.instances}
 
+    @property
+    def retry_after_s(self) -> float | None:
+        """Seconds until the first instance's breaker lets a probe through, when every instance's breaker is
+        open; None when some instance would take a call now (or its probe is under way)."""
+        waits = [i.breaker.retry_after_s for i in self.instances]
+        return None if any(w is None for w in waits) else min(waits)
+
     def _pick(self, tried: set[int]) -> int:
         """Next instance, round-robin, whose breaker allows a call; untried ones first."""
         n = len(self.instances)
@@ -112,10 +115,11 @@ class HttpOrigin:
                     continue
                 if self.instances[idx].breaker.allow():
                     return idx
-        wait = min(i.breaker.retry_after_s for i in self.instances)
+        wait = self.retry_after_s
+        when = "a probe is under way" if wait is None else f"next probe in {wait:.1f}s"
         raise OriginUnavailable(
-            f"all {n} origin instance(s) have an open circuit breaker (next probe in {wait:.1f}s); "
-            "check dbman at HOTPATH_ORIGIN_URL"
+            f"all {n} origin instance(s) have an open circuit breaker ({when}); check dbman at HOTPATH_ORIGIN_URL",
+            retry_after_s=wait,
         )
 
     # -- one call --------------------------------------------------------------------------------
@@ -153,13 +157,13 @@ class HttpOrigin:
         except _Transient:
             raise OriginUnavailable(
                 f"{op} failed after {self.retries + 1} attempt(s): {'; '.join(last[-3:])} "
-                "(dbman at HOTPATH_ORIGIN_URL; retries: HOTPATH_ORIGIN_RETRIES)"
+                "(dbman at HOTPATH_ORIGIN_URL; retries: HOTPATH_ORIGIN_RETRIES)",
+                retry_after_s=self.retry_after_s,
             ) from None
 
     async def _attempt(self, inst: Instance, op: str, method: str, path: str, body, errors: list[str]):
         start = time.perf_counter()
         outcome = "error"
-        inst.calls += 1
         try:
             try:
                 if body is None:
@@ -201,8 +205,6 @@ class HttpOrigin:
             ORIGIN_SECONDS.labels(inst.base_url, op, outcome).observe(time.perf_counter() - start)
 
     def _failed(self, inst: Instance, error: str, errors: list[str]) -> None:
-        inst.failures += 1
-        inst.last_error = error
         errors.append(error)
         before = inst.breaker.state
         inst.breaker.record_failure()
@@ -218,9 +220,9 @@ class HttpOrigin:
     async def get_rooms(self, tenant: str, room_ids: list[str]) -> dict[str, Room]:
         ids = list(dict.fromkeys(room_ids))
         out: dict[str, Room] = {}
-        for i in range(0, len(ids), BATCH_LIMIT):
+        for i in range(0, len(ids), MAX_BATCH):  # the contract's batch limit is the API's
             data = await self._call(
-                "get_rooms", "POST", f"/v1/{_seg(tenant)}/rooms:batchGet", {"room_ids": ids[i : i + BATCH_LIMIT]}
+                "get_rooms", "POST", f"/v1/{_seg(tenant)}/rooms:batchGet", {"room_ids": ids[i : i + MAX_BATCH]}
             )
             for rid, room in (data or {}).get("rooms", {}).items():
                 out[rid] = Room.model_validate(room)
@@ -231,23 +233,12 @@ class HttpOrigin:
         return None if data is None else Members.model_validate(data)
 
     async def get_member(self, tenant: str, room_id: str, user_id: str) -> Member | None:
-        """The membership check: the member with its role, or None (not a member, or no such room)."""
+        """dbman's own membership check: the member with its role, or None (not a member, or no such room).
+        Not used by the cache (it reads whole member sets); the benchmark's pre-cache baseline calls it."""
         data = await self._call(
             "get_member", "GET", f"/v1/{_seg(tenant)}/rooms/{_seg(room_id)}/members/{_seg(user_id)}"
         )
         return None if data is None else Member.model_validate(data)
-
-    async def get_memberships(self, tenant: str, room_id: str, user_ids: list[str]) -> dict[str, str]:
-        """Batch membership check in one room: {user_id: role} for the users that are members."""
-        ids = list(dict.fromkeys(user_ids))
-        out: dict[str, str] = {}
-        for i in range(0, len(ids), BATCH_LIMIT):
-            data = await self._call(
-                "get_memberships", "POST", f"/v1/{_seg(tenant)}/rooms/{_seg(room_id)}/members:batchCheck",
-                {"user_ids": ids[i : i + BATCH_LIMIT]},
-            )
-            out.update((data or {}).get("members", {}))
-        return out
 
     async def get_user_rooms(self, tenant: str, user_id: str) -> list[str]:
         data = await self._call("get_user_rooms", "GET", f"/v1/{_seg(tenant)}/users/{_seg(user_id)}/rooms")

@@ -50,10 +50,6 @@ _Q_MEMBER = text(
     "SELECT m.role FROM room_members m JOIN rooms r ON r.tenant_id = m.tenant_id AND r.room_id = m.room_id "
     "WHERE m.tenant_id = :t AND m.room_id = :r AND m.user_id = :u AND NOT r.deleted"
 )
-_Q_MEMBERSHIPS = text(
-    "SELECT m.user_id, m.role FROM room_members m JOIN rooms r ON r.tenant_id = m.tenant_id AND r.room_id = m.room_id "
-    "WHERE m.tenant_id = :t AND m.room_id = :r AND m.user_id IN :ids AND NOT r.deleted"
-).bindparams(bindparam("ids", expanding=True))
 _Q_USER_ROOMS = text(
     "SELECT m.room_id FROM room_members m JOIN rooms r ON r.tenant_id = m.tenant_id AND r.room_id = m.room_id "
     "WHERE m.tenant_id = :t AND m.user_id = :u AND NOT r.deleted ORDER BY m.room_id"
@@ -192,7 +188,8 @@ async def init_schema(url: str, demo: bool = False, *, schema: str | None = None
 
 
 class SqlOrigin:
-    """The Origin protocol over SQL, plus narrow reads the cache uses (`get_member`, `get_memberships`)."""
+    """The Origin protocol over SQL, plus `get_member` (dbman's own membership check, which the test double
+    serves for the benchmark's pre-cache baseline; the cache itself reads whole member sets)."""
 
     def __init__(
         self,
@@ -276,19 +273,9 @@ class SqlOrigin:
         return Members(room_id=room_id, version=rows[0][0], members=members)
 
     async def get_member(self, tenant: str, room_id: str, user_id: str) -> Member | None:
-        """The membership check: the member with its role, or None (not a member, or no such room)."""
+        """dbman's membership check: the member with its role, or None (not a member, or no such room)."""
         rows = await self._run("get_member", _Q_MEMBER, {"t": tenant, "r": room_id, "u": user_id})
         return Member(user_id=user_id, role=rows[0][0]) if rows else None
-
-    async def get_memberships(self, tenant: str, room_id: str, user_ids: list[str]) -> dict[str, str]:
-        """Batch membership check in one room: {user_id: role} for the users that are members."""
-        ids = list(dict.fromkeys(user_ids))
-        out: dict[str, str] = {}
-        for i in range(0, len(ids), _BATCH):
-            params = {"t": tenant, "r": room_id, "ids": ids[i : i + _BATCH]}
-            for row in await self._run("get_memberships", _Q_MEMBERSHIPS, params):
-                out[row[0]] = row[1]
-        return out
 
     async def get_user_rooms(self, tenant: str, user_id: str) -> list[str]:
         return [r[0] for r in await self._run("get_user_rooms", _Q_USER_ROOMS, {"t": tenant, "u": user_id})]

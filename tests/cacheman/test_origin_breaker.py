@@ -31,6 +31,7 @@ def test_opens_after_n_failures_within_the_window():
         assert b.allow()
         b.record_failure()
     assert b.state == CLOSED and gauge("t-open") == 0
+    assert b.retry_after_s is None
     b.record_failure()
     assert b.state == OPEN and gauge("t-open") == 2
     assert not b.allow()
@@ -85,7 +86,7 @@ def test_failed_probe_reopens_for_another_period():
     assert b.state == OPEN
     assert b.retry_after_s == pytest.approx(5)
     clock.t += 5
-    assert b.state == HALF_OPEN
+    assert b.state == HALF_OPEN and b.retry_after_s is None
 
 
 def test_lost_probe_does_not_wedge_half_open():
