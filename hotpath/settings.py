@@ -109,7 +109,7 @@ class ApiSettings(CommonSettings):
     origin_breaker_failures: int = Field(5, ge=1, description="Failures within HOTPATH_ORIGIN_BREAKER_WINDOW_S that open an origin instance's circuit breaker.")
     origin_breaker_window_s: float = Field(10.0, gt=0, description="Sliding window for counting origin failures, seconds.")
     origin_breaker_open_s: float = Field(5.0, gt=0, description="How long an open breaker rejects calls before one half-open probe, seconds.")
-    # cache (cacheman/cache.py, leases.py, events.py, stream.py, nearcache.py)
+    # cache (cacheman/config.py CacheConfig; events.py, stream.py, nearcache.py)
     redis_prefix: str = Field("hp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Prefix of every cache key (`hp:{tenant}:{room:R}:members`).")
     cache_ttl_s: float = Field(300.0, gt=0, description="Freshness of a cached entry, seconds (before jitter).")
     cache_ttl_jitter: float = Field(0.1, ge=0, lt=1, description="TTL jitter: each fill's TTL is drawn from ttl × [1 − j, 1 + j] so keys filled together do not expire together.")
