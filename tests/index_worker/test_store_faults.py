@@ -1,0 +1,107 @@
+"""Milvus faults on a private Milvus Lite server (killed/stopped by the test only): down → transient,
+restart → the NotLoad collection is reloaded, hung (SIGSTOP) → calls time out within the bound → transient."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from index_worker.embed.hashing import HashEmbedder
+from index_worker.milvus_errors import MilvusTransient
+from index_worker.store import MessageRow, MilvusStore, message_pk
+from tests.services import MilvusLite
+
+DIM = 16
+
+
+@pytest.fixture
+def own_milvus():
+    server = MilvusLite().start()
+    try:
+        yield server
+    finally:
+        if server.proc and server.proc.poll() is None:
+            os.kill(server.proc.pid, signal.SIGCONT)  # never leave it stopped
+        server.close()
+
+
+def load_state(uri: str, collection: str) -> str:
+    """The collection's load state seen by a fresh client (retried through gRPC's reconnect window)."""
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            client = MilvusClient(uri=uri, timeout=5)
+            try:
+                return client.get_load_state(collection, timeout=5)["state"].name
+            finally:
+                client.close()
+        except MilvusException as exc:
+            if exc.code != 2 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+async def eventually(call, deadline_s: float = 15.0):
+    """Retry a store call on transient errors until it answers (what the task's retry would do)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return await call()
+        except MilvusTransient:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def rows(n: int, version: int = 1) -> list[MessageRow]:
+    e = HashEmbedder(DIM)
+    return [MessageRow("t", "r", f"m{i}", "u", f"message {i}", 0, version, "hash@1", e.embed_one(f"message {i}"))
+            for i in range(n)]
+
+
+async def test_down_is_transient_and_restart_reloads_the_collection(own_milvus):
+    store = MilvusStore(own_milvus.uri, collection="faults", dim=DIM, timeout_s=3)
+    try:
+        await store.ensure_collection()
+        await store.upsert(rows(5))
+        own_milvus.stop()
+        t0 = time.monotonic()
+        with pytest.raises(MilvusTransient):
+            await store.upsert(rows(5, version=2))
+        assert time.monotonic() - t0 < 3 * 2 + 1
+        own_milvus.start()  # same data dir, same port: the collection is there but NotLoad
+        assert load_state(own_milvus.uri, "faults") == "NotLoad"
+        # a read on a NotLoad collection fails with code 101; the store loads it and answers (the first calls
+        # may still meet gRPC's reconnect backoff: transient, as a worker's retry would)
+        assert await eventually(lambda: store.count("t")) == 5
+        assert load_state(own_milvus.uri, "faults") == "Loaded"
+        assert (await store.search("t", rows(1)[0].vector, limit=1))[0].message_id == "m0"
+        await store.upsert(rows(5, version=2))
+        assert {r["version"] for r in await store.get([message_pk("t", f"m{i}") for i in range(5)])} == {2}
+        await store.ensure_collection()  # idempotent after a restart too
+    finally:
+        await store.close()
+
+
+async def test_hung_server_times_out_within_the_bound(own_milvus):
+    store = MilvusStore(own_milvus.uri, collection="hung", dim=DIM, timeout_s=1.5)
+    try:
+        await store.ensure_collection()
+        os.kill(own_milvus.proc.pid, signal.SIGSTOP)
+        for call in (lambda: store.upsert(rows(3)), lambda: store.count("t")):
+            t0 = time.monotonic()
+            with pytest.raises(MilvusTransient, match=r"DEADLINE_EXCEEDED|timeout|Timeout"):
+                await call()
+            assert time.monotonic() - t0 < 1.5 * 2 + 1.5
+        os.kill(own_milvus.proc.pid, signal.SIGCONT)
+        await eventually(lambda: store.upsert(rows(3)))
+        assert await eventually(lambda: store.count("t")) == 3
+    finally:
+        await store.close()
