@@ -213,3 +213,14 @@ def test_dev_uses_the_services_named_in_dotenv_and_the_environment(tmp_path, red
             if keys:
                 client.unlink(*keys)
         client.close()
+
+
+def test_dev_refuses_a_short_key_from_dotenv_before_starting_anything(tmp_path):
+    (tmp_path / ".env").write_text('HOTPATH_JWT_KEYS={"k1": "too-short"}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTPATH_")}
+    env.update(HOTPATH_PORT=str(free_port()), HOTPATH_DATA_DIR=str(tmp_path / ".hotpath"))
+    proc = subprocess.run([HOTPATH, "dev"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "HOTPATH_JWT_KEYS" in lines[0] and "32 bytes" in lines[0], proc.stderr
+    assert not (tmp_path / ".hotpath").exists(), "nothing is started (or created) before the keys are checked"
