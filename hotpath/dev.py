@@ -183,13 +183,20 @@ def _moto_env(stack: Stack) -> dict[str, str]:
 
 
 def _ensure_buckets(stack: Stack, endpoint: str) -> None:
+    from minio.error import MinioException
+    from urllib3.exceptions import HTTPError
+
     from thumb_worker.storage import make_minio
 
     s = stack.settings
     client = make_minio(endpoint, s.s3_access_key, s.s3_secret_key, region=s.s3_region)
-    for bucket in (s.uploads_bucket, s.thumbnails_bucket):
-        if not client.bucket_exists(bucket):
-            client.make_bucket(bucket)
+    try:
+        for bucket in (s.uploads_bucket, s.thumbnails_bucket):
+            if not client.bucket_exists(bucket):
+                client.make_bucket(bucket)
+    except (MinioException, HTTPError) as exc:
+        raise DevError(f"cannot create the buckets at {endpoint} ({type(exc).__name__}: {exc}); "
+                       "check HOTPATH_S3_ENDPOINT and the S3 keys") from None
 
 
 def _demo_origin(stack: Stack) -> tuple[str, str]:
