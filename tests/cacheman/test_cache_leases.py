@@ -15,7 +15,8 @@ from cacheman.entry import jittered_ttl_ms
 from cacheman.errors import OriginUnavailable
 from cacheman.events import Event
 from cacheman.keys import Keys
-from tests.cacheman.cache_fakes import FakeClock, FakeOrigin, make_cache
+from tests.cacheman.cache_fakes import FakeClock, FakeOrigin, make_cache, redis_client
+from tests.services import free_port
 
 T = "acme"
 
@@ -391,3 +392,19 @@ async def test_batch_serves_stale_per_key_when_the_origin_is_down_and_gives_the_
     found, _, status, _ = await cache.rooms_batch(T, ["r1", "r2", "r3"])
     assert status == "miss" and origin.rooms_asked[-1] == ["r1", "r2", "r3"]
 
+
+
+async def test_with_redis_down_a_batch_is_one_bounded_origin_call():
+    dead = redis_client(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    origin = FakeOrigin()
+    ids = _rooms(origin, 5)
+    cache, _ = make_cache(dead, origin, "hptest:batch-bypass:", bypass_concurrency=1, bypass_wait_s=5.0)
+    try:
+        found, missing, status, age = await cache.rooms_batch(T, [*ids, "nope"])
+        assert (sorted(found), missing, status, age) == (ids, ["nope"], "bypass", 0)
+        assert origin.rooms_asked == [[*ids, "nope"]]
+        # Redis stays in its down window: the next batch goes straight to the origin, again once.
+        found, _, status, _ = await cache.rooms_batch(T, ids[:2])
+        assert (sorted(found), status, origin.rooms_asked[-1]) == (ids[:2], "bypass", ids[:2])
+    finally:
+        await dead.aclose()
