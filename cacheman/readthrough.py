@@ -25,7 +25,7 @@ from cacheman.errors import DependencyUnavailable, OriginUnavailable
 from cacheman.leases import Leases, LeaseStatus
 from cacheman.scripts import Scripts
 
-log = logging.getLogger("cacheman.cache")
+log = logging.getLogger("cacheman.readthrough")
 
 Loader = Callable[[list[Spec]], Awaitable[dict[str, Loaded]]]  # one origin call for several specs, by key
 Answer = tuple[Entry, "CacheStatus"]
