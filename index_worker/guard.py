@@ -93,7 +93,7 @@ class VersionGuard:
         redis: Any,
         prefix: str,
         *,
-        lease_ttl_s: float = 60.0,
+        lease_ttl_s: float = 120.0,
         tombstone_ttl_s: int = DEFAULT_TOMBSTONE_TTL_S,
         upsert_ttl_s: int = 0,
     ) -> None:

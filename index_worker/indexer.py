@@ -87,6 +87,11 @@ class Indexer:
                 f"embedder {embedder.name} makes {embedder.dim}-d vectors, the store expects {store.dim} "
                 f"(HOTPATH_MILVUS_DIM must match HOTPATH_EMBEDDER)"
             )
+        if guard.lease_ms / 1000 < 3 * store.max_call_s:
+            raise ValueError(
+                f"the guard's lease ({guard.lease_ms / 1000:.0f} s) must outlast a batch's Milvus writes: make it at "
+                f"least 3 × {store.max_call_s:.0f} s (HOTPATH_INDEX_LEASE_TTL_S vs HOTPATH_MILVUS_TIMEOUT_S)"
+            )
         self.guard = guard
         self.store = store
         self.embedder = embedder

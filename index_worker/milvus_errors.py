@@ -151,6 +151,16 @@ class MilvusPermanent(PermanentError):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self):  # keep `code` through pickling (ARQ pickles a failed job's exception)
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls, args, state):
+    obj = Exception.__new__(cls)
+    obj.args = args
+    obj.__dict__.update(state)
+    return obj
+
 
 def to_task_error(exc: BaseException, operation: str) -> MilvusTransient | MilvusOverloaded | MilvusPermanent:
     """The taskkit error to raise for `exc` from Milvus `operation`, with a message a person can act on."""

@@ -192,17 +192,20 @@ class MilvusStore:
         try:
             return await self._wait(loop.run_in_executor(self._executor, call))
         except Exception as exc:
-            if isinstance(exc, MilvusPermanent | MilvusTransient):
-                raise
             verdict = classify(exc)
             if verdict.not_loaded and reload:
                 await self._call("load_collection", self.collection, reload=False)
                 return await self._call(method, *args, reload=False, **kwargs)
             raise to_task_error(exc, method) from exc
 
+    @property
+    def max_call_s(self) -> float:
+        """The longest one call may take: pymilvus retries UNAVAILABLE within its deadline; we never wait past
+        twice that (belt and braces over the gRPC deadline)."""
+        return self.timeout_s * 2 + 1
+
     async def _wait(self, future: asyncio.Future) -> Any:
-        # Belt and braces: pymilvus retries UNAVAILABLE inside its own deadline; never wait past twice that.
-        return await asyncio.wait_for(future, self.timeout_s * 2 + 1)
+        return await asyncio.wait_for(future, self.max_call_s)
 
     async def close(self) -> None:
         """Close the client and the store's threads."""
@@ -314,6 +317,8 @@ class MilvusStore:
         problem = vector_problem(list(vector), self.dim)
         if problem:
             raise MilvusPermanent(f"search vector: {problem}")
+        if not 1 <= limit <= 16384:
+            raise MilvusPermanent(f"search limit must be between 1 and 16384, got {limit}")
         expr = f"tenant_id == {quote(tenant_id)}"
         if room_id is not None:
             expr += f" and room_id == {quote(room_id)}"

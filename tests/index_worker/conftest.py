@@ -35,7 +35,7 @@ async def aredis(redis_url: str):
 
 @pytest.fixture
 def guard(aredis, key_prefix: str) -> VersionGuard:
-    return VersionGuard(aredis, key_prefix + "ix:", lease_ttl_s=30, tombstone_ttl_s=3600)
+    return VersionGuard(aredis, key_prefix + "ix:", lease_ttl_s=90, tombstone_ttl_s=3600)
 
 
 @pytest.fixture

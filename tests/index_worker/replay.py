@@ -74,7 +74,7 @@ async def _main(path: str, redis_url: str, prefix: str, milvus_uri: str, collect
     r = aioredis.Redis.from_url(redis_url)
     store = MilvusStore(milvus_uri, collection=collection, dim=dim, timeout_s=10, text_max_bytes=2000)
     await store.ensure_collection()
-    indexer = Indexer(VersionGuard(r, prefix, lease_ttl_s=30), store, HashEmbedder(dim))
+    indexer = Indexer(VersionGuard(r, prefix, lease_ttl_s=90), store, HashEmbedder(dim))
     await apply_all(indexer, events, batch=16, seed=seed)
     await store.close()
     await r.aclose()

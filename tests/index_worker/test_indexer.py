@@ -142,3 +142,37 @@ async def test_delete_room_within_the_tenant(store, guard, embedder):
 def test_embedder_and_store_dimensions_must_agree(store, guard):
     with pytest.raises(ValueError, match="HOTPATH_MILVUS_DIM"):
         Indexer(guard, store, HashEmbedder(DIM * 2))
+
+
+def test_the_lease_must_outlast_the_milvus_writes(store, aredis, key_prefix, embedder):
+    from index_worker.guard import VersionGuard
+
+    with pytest.raises(ValueError, match="HOTPATH_INDEX_LEASE_TTL_S"):
+        Indexer(VersionGuard(aredis, key_prefix, lease_ttl_s=store.max_call_s), store, embedder)
+
+
+async def test_a_failed_embedding_releases_its_claims(store, guard):
+    from taskkit.errors import TransientError
+
+    class Down(HashEmbedder):
+        async def embed(self, texts):
+            raise TransientError("embedding service down")
+
+    with pytest.raises(TransientError):
+        await Indexer(guard, store, Down(DIM)).apply([up("m1", 1)])
+    assert (await guard.claim([up("m1", 1)])).go == [up("m1", 1)]  # not busy: the lease was given back
+
+
+async def test_unreachable_milvus_releases_its_claims(guard, embedder):
+    from index_worker.milvus_errors import MilvusTransient
+    from index_worker.store import MilvusStore
+    from tests.services import free_port
+
+    down = MilvusStore(f"http://127.0.0.1:{free_port()}", collection="x", dim=DIM, timeout_s=2)
+    try:
+        with pytest.raises(MilvusTransient) as info:
+            await Indexer(guard, down, embedder).apply([up("m1", 1)])
+        assert info.value.code == 2
+    finally:
+        await down.close()
+    assert (await guard.claim([up("m1", 1)])).go == [up("m1", 1)]

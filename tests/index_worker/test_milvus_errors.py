@@ -90,3 +90,12 @@ def test_task_errors_carry_the_class_and_a_readable_message():
     p = to_task_error(MilvusException(6, "vector field 'vector' expected dim 4, got 3"), "upsert")
     assert isinstance(p, MilvusPermanent) and isinstance(p, PermanentError) and "expected dim 4" in str(p)
     assert not isinstance(p, TransientError)
+
+
+def test_task_errors_survive_pickling_with_their_code():
+    import pickle
+
+    for exc in (MilvusTransient("m", code=101, not_loaded=True), MilvusOverloaded("m", code=9), MilvusPermanent("m", code=6)):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == "m" and back.code == exc.code
+    assert pickle.loads(pickle.dumps(MilvusTransient("m", code=101, not_loaded=True))).not_loaded

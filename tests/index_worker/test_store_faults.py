@@ -11,6 +11,7 @@ import time
 import pytest
 
 from index_worker.embed.hashing import HashEmbedder
+from index_worker.indexer import Indexer, IndexEvent
 from index_worker.milvus_errors import MilvusTransient
 from index_worker.store import MessageRow, MilvusStore, message_pk
 from tests.services import MilvusLite
@@ -90,7 +91,7 @@ async def test_down_is_transient_and_restart_reloads_the_collection(own_milvus):
         await store.close()
 
 
-async def test_hung_server_times_out_within_the_bound(own_milvus):
+async def test_hung_server_times_out_within_the_bound(own_milvus, guard):
     store = MilvusStore(own_milvus.uri, collection="hung", dim=DIM, timeout_s=1.5)
     try:
         await store.ensure_collection()
@@ -100,6 +101,12 @@ async def test_hung_server_times_out_within_the_bound(own_milvus):
             with pytest.raises(MilvusTransient, match=r"DEADLINE_EXCEEDED|timeout|Timeout"):
                 await call()
             assert time.monotonic() - t0 < 1.5 * 2 + 1.5
+        # through the indexer: the write's outcome is unknown (it may still land), so its lease is kept and
+        # another writer of the message waits for it instead of racing a late write
+        ev = IndexEvent("upsert", "t", "r", "m9", 1, "late", "u", 0)
+        with pytest.raises(MilvusTransient):
+            await Indexer(guard, store, HashEmbedder(DIM)).apply([ev])
+        assert (await guard.claim([IndexEvent("upsert", "t", "r", "m9", 2, "newer", "u", 0)])).busy
         os.kill(own_milvus.proc.pid, signal.SIGCONT)
         await eventually(lambda: store.upsert(rows(3)))
         assert await eventually(lambda: store.count("t")) == 3
