@@ -182,29 +182,32 @@ def test_dev_uses_the_services_named_in_dotenv_and_the_environment(tmp_path, red
     before = set(client.scan_iter(count=1000))
     (tmp_path / ".env").write_text(
         f"HOTPATH_REDIS_URL={url}\nHOTPATH_REDIS_PREFIX={prefix}\nHOTPATH_TASKKIT_PREFIX={prefix}:tk:\n")
-    port = free_port()
-    proc, out, err = _start_dev(tmp_path, port, "dotenv", HOTPATH_MILVUS_URI=milvus_uri)
     try:
-        banner = _wait_banner(proc, out, err, 60)
-        parts = {line.split()[0]: line.strip() for line in banner.splitlines() if line.startswith("  ") and line.split()}
-        assert parts["redis"] == f"redis     {url} (HOTPATH_REDIS_URL)", banner
-        assert parts["milvus"] == f"milvus    {milvus_uri} (HOTPATH_MILVUS_URI)", banner
-        assert "(embedded moto S3 server; in memory)" in parts["s3"], banner
-        # the program, or the script a Python interpreter runs (moto_server, milvus-lite, hotpath)
-        programs = {Path(a).name for p in _session_members(proc.pid) for a in _cmdline(p)[:2]}
-        assert "valkey-server" not in programs and "milvus-lite" not in programs, programs
-        assert "moto_server" in programs, programs
-        assert not (tmp_path / ".hotpath" / "valkey").exists()
+        proc, out, err = _start_dev(tmp_path, free_port(), "dotenv", HOTPATH_MILVUS_URI=milvus_uri)
+        try:
+            banner = _wait_banner(proc, out, err, 60)
+            parts = {line.split()[0]: line.strip() for line in banner.splitlines() if line.startswith("  ") and line.split()}
+            assert parts["redis"] == f"redis     {url} (HOTPATH_REDIS_URL)", banner
+            assert parts["milvus"] == f"milvus    {milvus_uri} (HOTPATH_MILVUS_URI)", banner
+            assert "(embedded moto S3 server; in memory)" in parts["s3"], banner
+            # the program, or the script a Python interpreter runs (moto_server, milvus-lite, hotpath)
+            programs = {Path(a).name for p in _session_members(proc.pid) for a in _cmdline(p)[:2]}
+            assert "valkey-server" not in programs and "milvus-lite" not in programs, programs
+            assert "moto_server" in programs, programs
+            assert not (tmp_path / ".hotpath" / "valkey").exists()
 
-        # one cache lookup, so the api writes its cache and rate-limit keys to the configured Redis
-        token = re.search(r"export TOKEN=(\S+)", banner).group(1)
-        member_url = re.search(r"(http://\S+/members/\S+)", banner).group(1)
-        assert httpx.get(member_url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
-    finally:
-        _stop(proc)
-    try:
+            # one cache lookup, so the api writes a cache entry to the configured Redis
+            token = re.search(r"export TOKEN=(\S+)", banner).group(1)
+            member_url = re.search(r"(http://\S+/v1/(\w+)/rooms/\S+/members/\S+)", banner)
+            tenant = member_url.group(2)
+            got = httpx.get(member_url.group(1), headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert got.status_code == 200, got.text
+        finally:
+            _stop(proc)
+        assert _session_members(proc.pid) == []
         written = {k.decode() for k in set(client.scan_iter(count=1000)) - before}
-        assert any(k.startswith(f"{prefix}:") for k in written), written  # the cache entry of that lookup
+        assert any(k.startswith(f"{prefix}:{tenant}:") and "ratelimit" not in k for k in written), written
+        assert any(k.startswith(f"{prefix}:tk:") for k in written), written  # the workers' task-queue keys
         stray = [k for k in written if not (k.startswith(f"{prefix}:") or re.match(rf"arq:[^:]+:{re.escape(prefix)}:", k))]
         assert stray == [], f"hotpath dev wrote keys outside its prefixes: {stray}"
     finally:
