@@ -85,7 +85,7 @@ class Indexer:
         if embedder.dim != store.dim:
             raise ValueError(
                 f"embedder {embedder.name} makes {embedder.dim}-d vectors, the store expects {store.dim} "
-                f"(HOTPATH_MILVUS_DIM must match HOTPATH_EMBEDDER)"
+                f"(build the store with dim=embedder.dim; HOTPATH_EMBEDDER_DIM for http)"
             )
         if guard.lease_ms / 1000 < 3 * store.max_call_s:
             raise ValueError(
