@@ -2,8 +2,9 @@
 
 Producers: enqueue is refused with QueueFull(retry_after) once depth (ready + running jobs) reaches the
 high watermark, and stays refused until depth is back to the low one — hysteresis, so a queue hovering
-at the limit does not flap between accept and reject on every job. The check runs inside the enqueue
-Lua script (taskkit/lua/enqueue.lua mirrors `admit` below), so concurrent producers cannot overshoot.
+at the limit does not flap between accept and reject on every job. A batch is admitted whole or not at
+all (`admit_many`). The check runs inside the enqueue Lua scripts (taskkit/lua/admit.lua mirrors
+`admit_many` below), so concurrent producers cannot overshoot.
 Workers: an AIMD controller (additive increase, multiplicative decrease, as TCP does) whose state lives
 in one Redis hash, so every worker process of a queue slows down together when the downstream says so.
 """
@@ -44,13 +45,23 @@ def admit(closed: bool, depth: int, oldest_age_s: float, wm: Watermarks) -> tupl
     Closed (refusing) starts when depth reaches `high` (or the oldest ready job is older than
     `max_age_s`) and ends only when depth is down to `low` and the age is under the limit.
     """
+    return admit_many(closed, depth, 1, oldest_age_s, wm)
+
+
+def admit_many(closed: bool, depth: int, n: int, oldest_age_s: float, wm: Watermarks) -> tuple[bool, bool]:
+    """Decide a request of `n` new jobs as a whole: returns (accept, closed_after). Mirror of lua/admit.lua.
+
+    The hysteresis state moves exactly as in `admit` (it depends on depth and age, not on `n`); the
+    request is accepted only if the queue is open and all of it fits: depth + n <= high. A request that
+    is merely too big is refused without closing the queue, so a smaller one may still pass.
+    """
     aged = wm.max_age_s > 0 and oldest_age_s >= wm.max_age_s
     if closed:
         if depth <= wm.low and not aged:
             closed = False
     elif depth >= wm.high or aged:
         closed = True
-    return (not closed, closed)
+    return (not closed and depth + n <= wm.high, closed)
 
 
 def retry_after(depth: int, wm: Watermarks, drain_rate: float) -> float:

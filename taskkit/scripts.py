@@ -2,7 +2,8 @@
 
 Why Lua: each operation that must see and change several keys at once (enqueue with dedup and
 watermark, dead-letter with trimming, requeue) is one atomic step, so two producers or an operator and
-a worker can never interleave half-way; and it costs one round trip.
+a worker can never interleave half-way; and it costs one round trip. Redis has no include, so the
+one piece two scripts share (admit.lua, the watermark decision) is put in front of them at load time.
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-NAMES = ("enqueue", "retry", "deadletter", "requeue_dead", "retry_now", "retry_drop", "aimd")
+NAMES = ("enqueue", "enqueue_many", "retry", "deadletter", "requeue_dead", "retry_now", "retry_drop", "aimd")
+
+# script → the shared fragments (taskkit/lua/<fragment>.lua, defining local functions) it starts with
+PRELUDES = {"enqueue": ("admit",), "enqueue_many": ("admit",)}
+
+
+def _read(name: str) -> str:
+    return (files("taskkit") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 @cache
 def source(name: str) -> str:
-    """Text of taskkit/lua/<name>.lua."""
-    return (files("taskkit") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    """Text of taskkit/lua/<name>.lua, preceded by the fragments it uses (PRELUDES)."""
+    return "\n".join([*(_read(f) for f in PRELUDES.get(name, ())), _read(name)])
 
 
 class Scripts:
@@ -28,6 +36,7 @@ class Scripts:
             setattr(self, name, redis.register_script(source(name)))
 
     enqueue: Any
+    enqueue_many: Any
     retry: Any
     deadletter: Any
     requeue_dead: Any

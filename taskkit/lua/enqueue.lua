@@ -1,4 +1,4 @@
--- Enqueue one ARQ job with idempotency and backpressure, atomically.
+-- Enqueue one ARQ job with idempotency and backpressure, atomically (admit() comes from admit.lua).
 -- KEYS: 1 arq queue zset, 2 job key, 3 result key, 4 idempotency key, 5 backpressure hash,
 --       6 queues set, 7 stats hash
 -- ARGV: 1 job_id, 2 job bytes, 3 score ms, 4 job key ttl ms, 5 idempotency window ms (0 = none),
@@ -25,31 +25,10 @@ end
 local depth = 0
 local age = 0
 if tonumber(ARGV[13]) == 1 then
-  depth = redis.call('ZCOUNT', KEYS[1], '-inf', now)
-  local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
-  if oldest[2] then age = now - tonumber(oldest[2]) end
-  local high = tonumber(ARGV[6])
-  local low = tonumber(ARGV[7])
-  local max_age = tonumber(ARGV[8])
-  local aged = max_age > 0 and age >= max_age
-  -- hysteresis: once closed, stay closed until depth is back to the low watermark
-  local closed = redis.call('HGET', KEYS[5], 'closed') == '1'
-  if closed then
-    if depth <= low and not aged then
-      closed = false
-      redis.call('HSET', KEYS[5], 'closed', '0')
-    end
-  elseif depth >= high or aged then
-    closed = true
-    redis.call('HSET', KEYS[5], 'closed', '1')
-  end
-  if closed then
-    local rate = tonumber(redis.call('HGET', KEYS[5], 'rate') or '0') or 0
-    local ra = tonumber(ARGV[11])
-    if rate > 0 then
-      ra = math.max(ra, math.floor((depth - low) * 1000 / rate))
-    end
-    ra = math.min(ra, tonumber(ARGV[12]))
+  local ok, ra
+  ok, ra, depth, age = admit(KEYS[5], KEYS[1], 1, now, tonumber(ARGV[6]), tonumber(ARGV[7]),
+                             tonumber(ARGV[8]), tonumber(ARGV[11]), tonumber(ARGV[12]))
+  if not ok then
     redis.call('HINCRBY', KEYS[7], 'rejected', 1)
     return {-1, '', ra, depth, age}
   end

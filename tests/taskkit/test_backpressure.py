@@ -10,8 +10,9 @@ import time
 import pytest
 
 from taskkit import AimdController, Producer, QueueFull, Watermarks
-from taskkit.backpressure import admit
+from taskkit.backpressure import admit, admit_many
 from taskkit.keys import Keys
+from taskkit.producer import JobSpec
 from tests.taskkit import app_worker
 from tests.taskkit.harness import ROOT, start_app_worker
 
@@ -39,6 +40,51 @@ async def test_enqueue_script_agrees_with_admit(redis, tk_prefix):
             assert exc.queue == "bp" and exc.depth == depth and 0.5 <= exc.retry_after <= 30
         assert accepted == want_accept, depth
         assert (await redis.hget(k.backpressure("bp"), "closed") == b"1") == closed, depth
+
+
+def test_admit_many_whole_request_with_the_same_hysteresis():
+    wm = Watermarks(high=10, low=4)
+    assert admit_many(False, 6, 4, 0, wm) == (True, False)  # 6 + 4 = 10 fits exactly
+    assert admit_many(False, 7, 4, 0, wm) == (False, False)  # too big: refused, but the queue stays open
+    assert admit_many(False, 7, 3, 0, wm) == (True, False)  # so a smaller one passes
+    assert admit_many(False, 10, 1, 0, wm) == (False, True)  # full: closes
+    assert admit_many(True, 5, 1, 0, wm) == (False, True)  # closed until low
+    assert admit_many(True, 4, 6, 0, wm) == (True, False)  # at low: open, and 4 + 6 fits
+    assert admit_many(True, 4, 7, 0, wm) == (False, False)  # open again, but this one is too big
+    assert admit_many(False, 0, 11, 0, wm) == (False, False)  # more than high never fits
+    aged = Watermarks(high=10, low=4, max_age_s=30)
+    assert admit_many(False, 1, 1, 31, aged) == (False, True)
+    assert admit_many(True, 1, 5, 29, aged) == (True, False)
+
+
+def test_admit_is_admit_many_of_one():
+    wm = Watermarks(high=10, low=4, max_age_s=30)
+    for closed in (False, True):
+        for depth in range(0, 14):
+            for age in (0, 29, 30, 31):
+                assert admit(closed, depth, age, wm) == admit_many(closed, depth, 1, age, wm)
+
+
+async def test_enqueue_many_script_agrees_with_admit_many(redis, tk_prefix):
+    wm = Watermarks(high=10, low=4, min_retry_after_s=0.5, max_retry_after_s=30)
+    prod = Producer(redis, prefix=tk_prefix, watermarks=wm)
+    k = Keys(tk_prefix)
+    closed = False
+    steps = [(0, 10), (1, 10), (3, 7), (3, 8), (9, 1), (9, 2), (10, 1), (8, 1), (5, 2), (4, 7), (4, 6),
+             (7, 3), (10, 1), (2, 9), (2, 8), (11, 1), (4, 1)]
+    for depth, n in steps:
+        await _set_depth(redis, k.arq_queue("bp"), depth)
+        want_accept, closed = admit_many(closed, depth, n, 0, wm)
+        try:
+            r = await prod.enqueue_many("noop", [JobSpec()] * n, queue="bp")
+            accepted = True
+            assert r.accepted == n
+        except QueueFull as exc:
+            accepted = False
+            assert exc.queue == "bp" and exc.depth == depth and 0.5 <= exc.retry_after <= 30
+        assert accepted == want_accept, (depth, n)
+        assert await redis.zcard(k.arq_queue("bp")) == depth + (n if accepted else 0), (depth, n)
+        assert (await redis.hget(k.backpressure("bp"), "closed") == b"1") == closed, (depth, n)
 
 
 async def test_retry_after_uses_the_workers_drain_rate(redis, tk_prefix):
