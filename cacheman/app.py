@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cacheman import problems
@@ -88,7 +88,7 @@ def create_app(settings, *, origin=None, redis_client=None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, on_error=problems.internal_error)
     problems.install(app)
 
-    @app.get("/livez", tags=["health"], summary="The process is up.", responses=problems.responses(500))
+    @app.get("/livez", tags=["health"], summary="The process is up.")
     async def livez() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -108,7 +108,8 @@ def create_app(settings, *, origin=None, redis_client=None) -> FastAPI:
                                         dependencies=deps)
         return JSONResponse({"status": "ready", "dependencies": deps})
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format).", responses=problems.responses(500))
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format).", response_class=PlainTextResponse,
+             responses=problems.responses(500))
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

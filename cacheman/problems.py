@@ -49,9 +49,15 @@ def render(type_: str, title: str, status: int, detail: str, instance: str, exte
     return head + orjson.dumps(fields)[1:]
 
 
+def instance(scope) -> str:
+    """The request path as the client sent it (percent-encoded, so `instance` is a URI reference)."""
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else scope["path"]
+
+
 def body_of(exc: ProblemError, scope) -> bytes:
     """The body of a raised error, its `instance` being the request path."""
-    return render(exc.type, exc.title, exc.status, exc.detail, scope["path"], exc.extensions)
+    return render(exc.type, exc.title, exc.status, exc.detail, instance(scope), exc.extensions)
 
 
 def response_of(exc: ProblemError, scope, headers: dict[str, str] | None = None) -> Response:
@@ -84,6 +90,9 @@ def from_http_exception(exc: StarletteHTTPException) -> ProblemError:
     if exc.status_code == 405:
         allow = headers.get("Allow", "")
         return MethodNotAllowed(f"this path answers only {allow or 'other methods'}", headers=headers)
+    if exc.status_code == 400:  # FastAPI's "There was an error parsing the body" (not UTF-8, not a form, ...)
+        return ValidationFailed([{"loc": ["body"], "msg": f"the body could not be parsed ({exc.detail}); send UTF-8 JSON",
+                                  "type": "json_invalid"}])
     detail = exc.detail if isinstance(exc.detail, str) else None
     return HttpError(exc.status_code, detail, headers=headers)
 

@@ -66,9 +66,9 @@ class RateLimiter:
         self.local_ttl_s = local_ttl_s
         self.down_backoff_s = down_backoff_s
         self._script = redis.register_script(SCRIPT)
-        # tenant -> [tokens left, valid until]; tenant -> denied until (monotonic)
+        # tenant -> [tokens left, valid until]; tenant -> (refused locally until, Redis's retry time) (monotonic)
         self._local: dict[str, list] = {}
-        self._denied_until: dict[str, float] = {}
+        self._denied_until: dict[str, tuple[float, float]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
         self._redis_down_until = 0.0
         self._last_warning = 0.0
@@ -91,9 +91,9 @@ class RateLimiter:
             if self._take_local(tenant, now):
                 return
             denied = self._denied_until.get(tenant)
-            if denied is not None and now < denied:
+            if denied is not None and now < denied[0]:
                 RATE_LIMITED.labels(tenant).inc()
-                raise RateLimited(tenant, denied - now, rate, burst)
+                raise RateLimited(tenant, denied[1] - now, rate, burst)  # the bucket's own wait, not the memo's
             if now < self._redis_down_until:
                 FAIL_OPEN.inc()
                 return
@@ -130,7 +130,7 @@ class RateLimiter:
                 return
             retry_s = retry_ms / 1000
             # Remember the refusal briefly so a flood is refused locally instead of by Redis.
-            self._denied_until[tenant] = now + min(retry_s, 0.1)
+            self._denied_until[tenant] = (now + min(retry_s, 0.1), now + retry_s)
             if len(self._denied_until) > 10000:
                 self._denied_until.clear()
             RATE_LIMITED.labels(tenant).inc()

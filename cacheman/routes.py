@@ -204,7 +204,7 @@ class MembershipFastPath:
         request = Request(scope, receive)
         try:
             await READ_DEP(request, _bearer_credentials(request))
-            response = await membership_response(request.app.state.cache, tenant, room_id, user_id, scope["path"])
+            response = await membership_response(request.app.state.cache, tenant, room_id, user_id, problems.instance(scope))
         except ProblemError as exc:
             response = problems.response_of(exc, scope)
         await response(scope, receive, send)
@@ -258,7 +258,7 @@ def build_router() -> APIRouter:
     async def get_room(tenant: Tenant, room_id: RoomId, request: Request) -> Response:
         res = await _cache(request).room(tenant, room_id)
         if res.value is None:
-            return _not_found(RoomNotFound, f"room {room_id!r} not found", request.scope["path"], res)
+            return _not_found(RoomNotFound, f"room {room_id!r} not found", problems.instance(request.scope), res)
         return _json(res.value, res.status, res.age_s)
 
     @router.get("/rooms/{room_id}/members", dependencies=READ, response_model=MembersOut,
@@ -266,7 +266,7 @@ def build_router() -> APIRouter:
     async def get_members(tenant: Tenant, room_id: RoomId, request: Request) -> Response:
         res = await _cache(request).members(tenant, room_id)
         if res.value is None:
-            return _not_found(RoomNotFound, f"room {room_id!r} not found", request.scope["path"], res)
+            return _not_found(RoomNotFound, f"room {room_id!r} not found", problems.instance(request.scope), res)
         return _json(res.value, res.status, res.age_s)
 
     @router.get("/rooms/{room_id}/members/{user_id}", dependencies=READ, response_model=MembershipOut,
@@ -278,7 +278,7 @@ def build_router() -> APIRouter:
         # form and the fallback. Ids are checked with one precompiled regex (same 422 as FastAPI's).
         p = request.path_params
         tenant, room_id, user_id = _ids(tenant=p["tenant"], room_id=p["room_id"], user_id=p["user_id"])
-        return await membership_response(_cache(request), tenant, room_id, user_id, request.scope["path"])
+        return await membership_response(_cache(request), tenant, room_id, user_id, problems.instance(request.scope))
 
     @router.get("/users/{user_id}/rooms", dependencies=READ, response_model=UserRoomsOut, responses={200: _ok(UserRoomsOut)},
                 summary="Rooms of a user (sorted ids).")

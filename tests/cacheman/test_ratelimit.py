@@ -183,3 +183,35 @@ async def test_concurrent_requests_under_the_limit_share_refills_and_are_never_r
     assert calls <= 12, calls
     tokens = float(await redis_client.hget(f"{key_prefix.rstrip(':')}:acme:ratelimit", "tokens"))
     assert tokens >= 400 - 320 - 40  # the bucket lost what was used plus at most one unspent batch
+
+
+async def test_the_real_app_answers_429_on_its_routes_and_on_the_membership_fast_path(redis_url, key_prefix, sqlite_url):
+    """Through create_app: the FastAPI routes and MembershipFastPath share one bucket per tenant and one 429."""
+    from cacheman.app import create_app
+    from cacheman.origin.sql import SqlOrigin
+    from cacheman.routes import MembershipFastPath
+    from tests.cacheman.conftest import running
+
+    settings = ApiSettings(redis_url=redis_url, redis_prefix=key_prefix.rstrip(":"), origin_url=sqlite_url,
+                           jwt_keys={"k": SECRET}, rate_limit_per_s=0.5, rate_limit_burst=3)
+    origin = SqlOrigin(sqlite_url)
+    app = create_app(settings, origin=origin)
+    assert any(mw.cls is MembershipFastPath for mw in app.user_middleware)
+    member = "/v1/acme/rooms/room-01/members/user-005"  # answered by the fast path
+    try:
+        async with running(app) as c:
+            codes = [(await c.get(member, headers=headers())).status_code for _ in range(2)]
+            codes.append((await c.get("/v1/acme/rooms/room-01", headers=headers())).status_code)
+            assert codes == [200, 200, 200]  # the burst of 3, spent across both paths
+            for path in (member, "/v1/acme/rooms/room-01"):
+                r = await c.get(path, headers=headers())
+                assert r.status_code == 429 and r.headers["retry-after"] == "2", path  # one token at 0.5/s
+                assert r.headers["content-type"] == "application/problem+json" and "x-cache" not in r.headers
+                body = r.json()
+                assert (body["type"], body["status"], body["tenant"], body["instance"]) == (
+                    "urn:hotpath:error:rate-limited", 429, "acme", path)
+                assert 1 < body["retry_after_s"] <= 2 and body["request_id"] == r.headers["x-request-id"]
+            other = await c.get("/v1/globex/rooms/room-01/members/user-005", headers=headers())  # its own bucket
+            assert other.status_code == 200 and other.json()["role"] == "member"
+    finally:
+        await origin.aclose()

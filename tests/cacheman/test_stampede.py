@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from cacheman.auth import mint_token
@@ -82,12 +85,19 @@ async def test_1000_concurrent_misses_over_two_processes_make_one_origin_call(st
         assert (await client.post(f"{origin_url}/_control", json={"delay_ms": 400})).status_code == 200
         assert (await client.post(f"{origin_url}/_stats/reset")).status_code == 200
 
-        url = "/v1/{t}/rooms/room-01/members/user-001"
+        url = "/v1/{t}/rooms/room-01/members/user-005"  # a member (the owner), so each answer carries the role
+        started = time.monotonic()
         responses = await asyncio.gather(*(client.get(apis[i % 2] + url.format(t=T), headers=headers) for i in range(1000)))
+        elapsed = time.monotonic() - started
         stats = (await client.get(f"{origin_url}/_stats")).json()
 
-    codes = {r.status_code for r in responses}
-    assert len(codes) == 1 and codes <= {200, 404}, codes  # every caller got the same answer
-    assert {r.headers["x-cache"] for r in responses} <= {"miss", "hit"}
+    assert {r.status_code for r in responses} == {200}
+    bodies = {r.content for r in responses}  # every caller got the same answer, byte for byte
+    assert [orjson.loads(b) for b in bodies] == [{"room_id": "room-01", "user_id": "user-005", "role": "owner"}]
+    cache_status = {r.headers["x-cache"] for r in responses}
+    assert "miss" in cache_status and cache_status <= {"miss", "hit"}, cache_status
+    # Age: 0 on the fill's own answers; a hit counts the whole seconds since that fill, inside this burst.
+    assert {r.headers["age"] for r in responses if r.headers["x-cache"] == "miss"} == {"0"}
+    assert max(int(r.headers["age"]) for r in responses) <= math.ceil(elapsed)
     assert stats["calls"] == 1, stats
     assert stats["by_op"].get("get_members") == 1, stats
