@@ -388,7 +388,7 @@ async def zipf_reader(cfg: dict) -> dict:
                 tr = time.monotonic()
                 if resp.status_code == 200:
                     reads.append((idx, ts, tr, orjson.loads(resp.content)["role"]))
-                elif resp.status_code == 404 and b"not_member" in resp.content:
+                elif resp.status_code == 404 and b"urn:hotpath:error:not-member" in resp.content:
                     reads.append((idx, ts, tr, None))
                 else:
                     errors.append(f"{resp.status_code}: {resp.text[:200]}")
