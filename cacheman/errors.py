@@ -38,9 +38,6 @@ class ProblemError(Exception):
         return self._extensions
 
 
-CachemanError = ProblemError  # the former name of the base class
-
-
 def _retry_after_header(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
