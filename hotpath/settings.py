@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator  # noqa: F401
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _ParseError
 
 ENV_PREFIX = "HOTPATH_"
@@ -149,7 +149,38 @@ class IndexWorkerSettings(CommonSettings, MilvusSettings):
 class ThumbWorkerSettings(CommonSettings, StorageSettings):
     """`hotpath worker thumb`: makes thumbnails of uploaded images."""
 
-    thumb_concurrency: int = Field(4, ge=1, le=1000, description="Concurrent thumbnail jobs per worker process.")
+    thumb_concurrency: int = Field(4, ge=1, le=1000, description="Concurrent thumbnail jobs per worker process (each decodes in its own decoder subprocess).")
+    thumb_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [64, 256, 1024],
+        description="Thumbnail sizes, pixels on the long edge, comma-separated (`64,256,1024`); a source smaller than a size is never upscaled.",
+    )
+    thumb_format: Literal["webp", "jpeg", "avif"] = Field("webp", description="Thumbnail format: webp, jpeg or avif (written as `{key}/{size}.{ext}`).")
+    thumb_quality: int = Field(80, ge=1, le=100, description="Encoder quality of the thumbnails (1-100).")
+    thumb_max_bytes: int = Field(25_000_000, ge=1, description="Largest source object accepted, bytes (checked from its size before the download and again while reading); larger → dead-lettered.")
+    thumb_max_pixels: int = Field(50_000_000, ge=1, description="Largest source accepted, width × height × frames, read from the header before decoding (decompression bombs); larger → dead-lettered.")
+    thumb_time_limit_s: float = Field(30.0, gt=0, le=240, description="Time limit of one source's decode and thumbnails, seconds (at most 240: a job's own limit is 300 s); past it the decoder process is killed and the job dead-lettered.")
+    thumb_s3_timeout_s: float = Field(10.0, gt=0, description="Read timeout of each S3 call of the thumbnail worker, seconds (connect timeout: 5 s).")
+
+    @field_validator("thumbnails_bucket")
+    @classmethod
+    def _buckets_differ(cls, v: str, info: Any) -> str:
+        if v == info.data.get("uploads_bucket"):
+            raise ValueError("must differ from HOTPATH_UPLOADS_BUCKET: a thumbnail written to the uploads bucket would trigger a new upload event")
+        return v
+
+    @field_validator("thumb_sizes", mode="before")
+    @classmethod
+    def _sizes_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.strip().strip("[]").split(",") if p.strip()]
+        return v
+
+    @field_validator("thumb_sizes")
+    @classmethod
+    def _sizes_valid(cls, v: list[int]) -> list[int]:
+        if not v or any(s < 1 or s > 8192 for s in v):
+            raise ValueError("expected one or more sizes between 1 and 8192 pixels, e.g. 64,256,1024")
+        return sorted(set(v))
 
 
 class OpsSettings(CommonSettings):
