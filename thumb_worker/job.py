@@ -72,8 +72,10 @@ class ThumbJobs:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except _S3_ERRORS as exc:
-            metrics.S3_ERRORS.labels(op, type(exc).__name__ if not isinstance(exc, S3Error) else exc.code).inc()
-            raise _s3_failure(exc, what) from exc
+            failure = _s3_failure(exc, what)
+            if not isinstance(failure, Rejected):  # "no such key" is an answer (a thumbnail not made yet)
+                metrics.S3_ERRORS.labels(op, exc.code if isinstance(exc, S3Error) else type(exc).__name__).inc()
+            raise failure from exc
         finally:
             metrics.S3_SECONDS.labels(op).observe(time.perf_counter() - start)
 
