@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from cacheman.errors import (
+    DependencyUnavailable,
     HttpError,
     Internal,
     MethodNotAllowed,
@@ -28,7 +29,7 @@ from cacheman.errors import (
 )
 from cacheman.models import Problem
 from cacheman.observability import request_id_var
-from taskkit.errors import QueueFull
+from taskkit.errors import QueueFull, QueueUnavailable
 
 log = logging.getLogger("cacheman")
 
@@ -113,6 +114,11 @@ def install(app: FastAPI) -> None:
         # Backpressure from taskkit: the producer must slow down, nothing was enqueued.
         return response_of(QueueFullProblem(str(exc), queue=exc.queue, retry_after_s=exc.retry_after), request.scope)
 
+    async def queue_unavailable(request: Request, exc: QueueUnavailable) -> Response:
+        # The queue's Redis did not answer the enqueue: nothing was enqueued, a 503 naming the queue.
+        return response_of(DependencyUnavailable("queue", f"{exc}; nothing was enqueued, send it again later",
+                                                 queue=exc.queue), request.scope)
+
     async def last_resort(request: Request, exc: Exception) -> Response:
         # Only reached if RequestContextMiddleware itself failed: it answers every other unhandled error.
         return internal_error(request.scope)
@@ -121,6 +127,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(QueueFull, queue_full)
+    app.add_exception_handler(QueueUnavailable, queue_unavailable)
     app.add_exception_handler(Exception, last_resort)
 
     def openapi() -> dict[str, Any]:

@@ -7,9 +7,10 @@ import uvicorn
 from cacheman.app import create_app
 
 
-def serve(settings) -> None:
+def serve(settings, app=None) -> None:
+    """Serve `app` (default: create_app(settings); `hotpath api` passes the composed one, hotpath/api.py)."""
     config = uvicorn.Config(
-        create_app(settings),
+        app if app is not None else create_app(settings),
         host=settings.host,
         port=settings.port,
         log_config=None,

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 import typer
 
-from hotpath import queue_cli
+from hotpath import queue_cli, search_cli
 from hotpath.settings import SettingsError
 
 app = typer.Typer(
@@ -43,7 +43,7 @@ def api(
     host: str = typer.Option(None, help="Bind address (default: HOTPATH_HOST)."),
     port: int = typer.Option(None, help="Port (default: HOTPATH_PORT)."),
 ) -> None:
-    """Run the cacheman HTTP API (uvicorn)."""
+    """Run the HTTP API (uvicorn): the cache routes, the index intake and the search (hotpath/api.py)."""
     from hotpath.logs import setup_logging
     from hotpath.settings import ApiSettings
 
@@ -59,10 +59,12 @@ def api(
     except InsecureKeys as exc:
         _fail(str(exc))
     setup_logging("api", settings.log_level)
-    from cacheman.server import serve
+    from hotpath.api import serve
 
     try:
         serve(settings)
+    except ValueError as exc:  # settings that disagree with each other (watermarks)
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} (set HOTPATH_PORT)")
 
@@ -202,6 +204,7 @@ def settings_cmd(
 # The operators' verbs (queue, retry, dlq; hotpath/queue_cli.py), imported unconditionally: a broken
 # import must fail the command loudly, not silently drop the verbs.
 queue_cli.register(app)
+search_cli.register(app)
 
 
 def main() -> None:

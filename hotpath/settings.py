@@ -77,8 +77,33 @@ class MilvusSettings(_Base):
     milvus_timeout_s: float = Field(10.0, gt=0, description="Timeout of every Milvus call, seconds.")
 
 
-class ApiSettings(CommonSettings):
-    """`hotpath api`: the cacheman HTTP API."""
+class IndexSettings(_Base):
+    """The message index, as both its writer (`hotpath worker index`) and its reader (the API's search) see it."""
+
+    milvus_collection: str = Field("hotpath_messages", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$", description="Milvus collection of the indexed messages (all tenants; `tenant_id` is its partition key). Created with its index at worker start.")
+    milvus_token: str = Field("", description="Milvus token (`user:password` or an API key); empty for none (Milvus Lite).")
+    milvus_index_type: str = Field("AUTOINDEX", description="Vector index type of a new collection (AUTOINDEX, HNSW, IVF_FLAT, FLAT…; COSINE metric).")
+    index_text_max_bytes: int = Field(8192, ge=1, le=65535, description="Longest message text indexed, UTF-8 bytes; a longer one is refused at intake (422) and dead-lettered by the worker.")
+    embedder: Literal["minilm", "http", "hash"] = Field("minilm", description="Embedder of messages and search queries: `minilm` (offline all-MiniLM-L6-v2, 384-d), `http` (an OpenAI-compatible /v1/embeddings service), `hash` (feature hashing; tests and benchmarks).")
+    embed_batch_size: int = Field(64, ge=1, le=1024, description="Texts per embedding call (MiniLM encode batch / HTTP request).")
+    embedder_url: str = Field("", description="Base URL of the embedding service (`http` embedder): POST {url}/v1/embeddings.")
+    embedder_model: str = Field("", description="Model name sent to the embedding service (`http` embedder); stored with each row.")
+    embedder_dim: int = Field(384, ge=1, le=32768, description="Vector dimension of the `http` and `hash` embedders (MiniLM is always 384); must match the collection.")
+    embedder_api_key: str = Field("", description="Bearer token of the embedding service (`http` embedder); empty for none.")
+    embedder_connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout of the embedding service, seconds.")
+    embedder_read_timeout_s: float = Field(30.0, gt=0, description="Read timeout of one embedding request, seconds.")
+    embedder_max_attempts: int = Field(4, ge=1, le=20, description="Attempts of one embedding request on 429/5xx/timeouts (backoff with jitter, Retry-After honoured) before the job's own retry takes over.")
+
+    @field_validator("embedder_url")
+    @classmethod
+    def _embedder_scheme(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return v
+
+
+class ApiSettings(CommonSettings, MilvusSettings, IndexSettings):
+    """`hotpath api`: the cache API, the index intake and the search (hotpath/api.py composes them)."""
 
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
@@ -129,6 +154,9 @@ class ApiSettings(CommonSettings):
     events_stream_consumer: str = Field("", description="Consumer name in the group (default: hostname-pid).")
     events_stream_claim_idle_ms: int = Field(30_000, ge=100, description="Entries pending this long on another consumer are claimed (XAUTOCLAIM).")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger → 413.")
+    # index intake (index_worker/intake.py): a request is admitted whole only if it fits under the high watermark
+    index_queue_high: int = Field(10_000, ge=2, description="High watermark of the `index` queue (jobs ready or running): an index request that would pass it is refused whole with 429 and Retry-After.")
+    index_queue_low: int = Field(5_000, ge=1, description="Low watermark of the `index` queue: once refusing, intake accepts again when the depth is down to it (hysteresis).")
 
     @field_validator("origin_url")
     @classmethod
@@ -140,10 +168,21 @@ class ApiSettings(CommonSettings):
         return v
 
 
-class IndexWorkerSettings(CommonSettings, MilvusSettings):
+class IndexWorkerSettings(CommonSettings, MilvusSettings, IndexSettings):
     """`hotpath worker index`: embeds messages and indexes them in Milvus."""
 
-    index_concurrency: int = Field(16, ge=1, le=1000, description="Concurrent index jobs per worker process.")
+    index_concurrency: int = Field(256, ge=1, le=10000, description="Concurrent index jobs (one event each) per worker process; their events are batched, a batch flushing at half this many (so one fills while the previous is written), at most HOTPATH_INDEX_UPSERT_BATCH_ROWS.")
+    index_upsert_batch_rows: int = Field(1000, ge=1, le=10000, description="Most events per batch and rows per Milvus upsert request.")
+    index_upsert_batch_bytes: int = Field(16 * 1024 * 1024, ge=65536, lt=64 * 1024 * 1024, description="Most estimated bytes per Milvus upsert request (Milvus refuses messages over 64 MiB).")
+    index_linger_s: float = Field(0.1, ge=0, le=1.0, description="Longest an event waits for its batch to fill before the batch is sent anyway, seconds.")
+    index_tombstone_ttl_s: int = Field(604_800, ge=60, description="How long the version guard remembers a deleted message, seconds (default 7 days): an older upsert arriving later than that would index it again.")
+    index_lease_ttl_s: float = Field(120.0, gt=0, description="Lease a batch holds on each message across its Milvus write (fences two workers writing two versions); at least 3 × (2 × HOTPATH_MILVUS_TIMEOUT_S + 1).")
+    index_task_timeout_s: float = Field(120.0, gt=0, description="Time limit of one index job (waiting for its batch included), seconds; after a crash ARQ re-runs a job this long + 11 s after it started.")
+    index_max_attempts: int = Field(10, ge=1, le=100, description="Attempts of an index job on transient errors (Milvus down, embedder busy) before it is dead-lettered.")
+    index_backoff_base_s: float = Field(1.0, ge=0, description="Retry backoff of index jobs: the delay after attempt n is uniform(0, min(cap, base × 2^(n−1))), seconds.")
+    index_backoff_cap_s: float = Field(300.0, ge=0, description="Cap of the index jobs' retry backoff, seconds.")
+    index_metrics_port: int = Field(9101, ge=0, le=65535, description="Port of the worker's Prometheus /metrics (index counters, latencies, taskkit's `index` queue); 0 turns it off. A port in use is logged and skipped.")
+    index_metrics_host: str = Field("127.0.0.1", description="Address the worker's /metrics binds to (0.0.0.0 to be scraped from other hosts).")
 
 
 class ThumbWorkerSettings(CommonSettings, StorageSettings):
@@ -189,6 +228,10 @@ class OpsSettings(CommonSettings):
     ops_user: str = Field("", description="Who the audit log records for requeue/drop/purge (default: the OS user).")
 
 
+class SearchSettings(CommonSettings, MilvusSettings, IndexSettings):
+    """`hotpath search`: searches the message index from the command line (the same embedder as the worker)."""
+
+
 class DevSettings(CommonSettings, StorageSettings, MilvusSettings):
     """`hotpath dev`: which parts to start embedded. A part whose URL setting is set (environment or `.env`) is used as is."""
 
@@ -201,6 +244,7 @@ ALL_SETTINGS: dict[str, type[BaseSettings]] = {
     "worker index": IndexWorkerSettings,
     "worker thumb": ThumbWorkerSettings,
     "queue/retry/dlq": OpsSettings,
+    "search": SearchSettings,
     "dev": DevSettings,
 }
 

@@ -11,6 +11,11 @@ version written. Tombstones (op d) expire after `tombstone_ttl_s` (default 7 day
 delete that arrives later than that is no longer recognised as stale. Upsert states are kept (or expire after
 `upsert_ttl_s` when set). Both keys of a message share a hash tag; a batch is one script call (the guard lives
 on the queue's Redis, one primary, like ARQ's keys).
+
+Rooms: `delete_room` leaves a room tombstone (`{prefix}{tenant:room}:rd`, same TTL as message tombstones) set
+before the room's rows are deleted; upserts into a tombstoned room are stale. A write racing the deletion is
+fenced by a re-check after the write (indexer.py): either it sees the tombstone and deletes its own rows, or it
+finished before the tombstone was set, hence before the room's delete, which removes it.
 """
 
 from __future__ import annotations
@@ -159,6 +164,28 @@ class VersionGuard:
         events = list(claim.go if events is None else events)
         if events:
             await self._confirm(keys=self._keys(events), args=[claim.token, "0", *(int(e.version) for e in events)])
+
+    def room_key(self, tenant_id: str, room_id: str) -> str:
+        return f"{self.prefix}{{{tenant_id}:{room_id}}}:rd"
+
+    async def delete_rooms(self, rooms: Sequence[tuple[str, str]]) -> None:
+        """Tombstone (tenant, room) pairs for `tombstone_ttl_s`: from now on their upserts are stale."""
+        if rooms:
+            async with self.redis.pipeline(transaction=False) as p:
+                for tenant_id, room_id in rooms:
+                    p.set(self.room_key(tenant_id, room_id), 1, ex=self.tombstone_ttl_s)
+                await p.execute()
+
+    async def deleted_rooms(self, rooms: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (tenant, room) pairs are tombstoned."""
+        rooms = list(dict.fromkeys(rooms))
+        if not rooms:
+            return set()
+        async with self.redis.pipeline(transaction=False) as p:
+            for tenant_id, room_id in rooms:
+                p.exists(self.room_key(tenant_id, room_id))
+            found = await p.execute()
+        return {room for room, n in zip(rooms, found, strict=True) if n}
 
     async def known(self, messages: Sequence[tuple[str, str]]) -> list[bool]:
         """For (tenant, message id) pairs: does the guard know the message (indexed, claimed or tombstoned)?

@@ -6,9 +6,11 @@ Why one composition here: the worker's batcher, the benchmarks and the tests all
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from index_worker import metrics
 from index_worker.embed import Embedder, embed_missing, vector_problem
 from index_worker.guard import VersionGuard
 from index_worker.milvus_errors import MilvusPermanent, MilvusTransient
@@ -101,6 +103,16 @@ class Indexer:
     async def apply(self, events: Sequence[IndexEvent]) -> BatchResult:
         """Validate, claim, embed, write and confirm one batch. Raises the store's or the embedder's error
         (transient or permanent) for the batch as a whole; per-event problems are in `rejected`."""
+        metrics.BATCH_EVENTS.observe(len(events))
+        result = await self._apply(events)
+        for outcome, evs in (("indexed", result.upserted), ("deleted", result.deleted),
+                             ("room_deleted", result.rooms_deleted), ("stale", result.stale),
+                             ("rejected", result.rejected), ("busy", result.busy), ("lost", result.lost)):
+            if evs:
+                metrics.EVENTS.labels(outcome).inc(len(evs))
+        return result
+
+    async def _apply(self, events: Sequence[IndexEvent]) -> BatchResult:
         result = BatchResult()
         valid: list[IndexEvent] = []
         for ev in events:
@@ -109,11 +121,18 @@ class Indexer:
                 result.rejected.append((ev, problem))
             else:
                 valid.append(ev)
-        for ev in [e for e in valid if e.op == "delete_room"]:
-            await self.store.delete_room(ev.tenant_id, ev.room_id)
-            result.rooms_deleted.append(ev)
-        claim = await self.guard.claim([e for e in valid if e.op != "delete_room"])
-        result.stale, result.busy, result.retry_after_s = claim.stale, claim.busy, claim.retry_after_s
+        room_deletes = [e for e in valid if e.op == "delete_room"]
+        if room_deletes:  # tombstone first, then delete: see guard.py "Rooms"
+            await self.guard.delete_rooms([(e.tenant_id, e.room_id) for e in room_deletes])
+            for ev in room_deletes:
+                await self.store.delete_room(ev.tenant_id, ev.room_id)
+                result.rooms_deleted.append(ev)
+        gone = await self.guard.deleted_rooms([(e.tenant_id, e.room_id) for e in valid if e.op == "upsert"])
+        in_gone_room = [e for e in valid if e.op == "upsert" and (e.tenant_id, e.room_id) in gone]
+        dropped = {id(e) for e in in_gone_room}
+        claim = await self.guard.claim([e for e in valid if e.op != "delete_room" and id(e) not in dropped])
+        result.stale = in_gone_room + claim.stale
+        result.busy, result.retry_after_s = claim.busy, claim.retry_after_s
         if not claim.go:
             return result
         upserts = [e for e in claim.go if e.op == "upsert"]
@@ -134,15 +153,27 @@ class Indexer:
             raise
         confirmed = await self.guard.confirm(claim)
         result.lost = confirmed.lost
-        result.upserted, result.deleted = upserts, deletes
+        result.deleted = deletes
+        # The re-check that fences a room deleted while we wrote: our rows of such a room are removed again.
+        gone = await self.guard.deleted_rooms([(e.tenant_id, e.room_id) for e in upserts])
+        late = [e for e in upserts if (e.tenant_id, e.room_id) in gone]
+        if late:
+            await self.store.delete([message_pk(e.tenant_id, e.message_id) for e in late])
+            result.stale += late
+        result.upserted = [e for e in upserts if (e.tenant_id, e.room_id) not in gone]
         return result
 
     async def _rows(self, upserts: list[IndexEvent]) -> list[MessageRow]:
         if not upserts:
             return []
+        started = time.perf_counter()
         vectors, models = await embed_missing(
             self.embedder, [e.text for e in upserts], [e.vector for e in upserts], batch_size=self.embed_batch_size
         )
+        embedded = sum(1 for e in upserts if e.vector is None)
+        if embedded:
+            metrics.EMBED_SECONDS.labels(self.embedder.name).observe(time.perf_counter() - started)
+            metrics.EMBED_TEXTS.labels(self.embedder.name).inc(embedded)
         return [
             MessageRow(e.tenant_id, e.room_id, e.message_id, e.sender, e.text, e.created_at, e.version, model, vec)
             for e, vec, model in zip(upserts, vectors, models, strict=True)

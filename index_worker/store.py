@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from index_worker import metrics
 from index_worker.embed import vector_problem
 from index_worker.milvus_errors import MilvusPermanent, MilvusTransient, classify, to_task_error
 
@@ -23,6 +26,27 @@ MODEL_MAX_BYTES = 256
 MILVUS_MESSAGE_LIMIT = 64 * 1024 * 1024  # Milvus's default gRPC message limit
 FIELDS = ("pk", "tenant_id", "room_id", "message_id", "sender", "text", "created_at", "version", "model")
 INT64_MAX = 2**63 - 1
+
+
+class _QuietRpcErrors(logging.Filter):
+    """pymilvus logs every failed call at ERROR with a traceback in the message; we raise a classified error
+    for it ourselves, so keep one WARNING line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            record.msg = record.getMessage().split("\nTraceback:", 1)[0]
+            record.args = None
+            record.exc_info = record.exc_text = record.stack_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_pymilvus_logs() -> None:
+    """Install the filter on pymilvus's loggers (idempotent); processes call it once at start."""
+    for name in ("pymilvus.decorators", "pymilvus.client.abstract", "pymilvus.milvus_client.milvus_client"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _QuietRpcErrors) for f in lg.filters):
+            lg.addFilter(_QuietRpcErrors())
 
 
 def message_pk(tenant_id: str, message_id: str) -> str:
@@ -189,14 +213,18 @@ class MilvusStore:
                     except Exception as exc:
                         raise to_task_error(exc, f"connect to {self.uri}") from exc
         call = functools.partial(getattr(self._client, method), *args, timeout=self.timeout_s, **kwargs)
+        started = time.perf_counter()
         try:
             return await self._wait(loop.run_in_executor(self._executor, call))
         except Exception as exc:
             verdict = classify(exc)
+            metrics.MILVUS_ERRORS.labels("not_loaded" if verdict.not_loaded else verdict.kind.value, method).inc()
             if verdict.not_loaded and reload:
                 await self._call("load_collection", self.collection, reload=False)
                 return await self._call(method, *args, reload=False, **kwargs)
             raise to_task_error(exc, method) from exc
+        finally:
+            metrics.MILVUS_SECONDS.labels(method).observe(time.perf_counter() - started)
 
     @property
     def max_call_s(self) -> float:

@@ -16,6 +16,7 @@ from taskkit.errors import (
     JobNotFound,
     PermanentError,
     QueueFull,
+    QueueUnavailable,
     RateLimited,
     TaskkitError,
     TransientError,
@@ -25,15 +26,16 @@ from taskkit.fastworker import FastWorker
 from taskkit.idempotency import Enqueued
 from taskkit.keys import Keys
 from taskkit.ops import Filter, Inspector
-from taskkit.producer import Producer
+from taskkit.producer import EnqueuedMany, JobSpec, Producer
 from taskkit.records import JobRecord
 from taskkit.retry import RetryPolicy, Verdict
 from taskkit.tasks import TaskSpec, task
 from taskkit.worker import redis_settings_from_url, worker_settings
 
 __all__ = [
-    "AimdController", "AimdPolicy", "Batcher", "DeadLetterPolicy", "Enqueued", "FastWorker", "Filter", "Inspector",
-    "JobConflict", "JobNotFound", "JobRecord", "Keys", "PermanentError", "Producer", "QueueFull",
+    "AimdController", "AimdPolicy", "Batcher", "DeadLetterPolicy", "Enqueued", "EnqueuedMany", "FastWorker", "Filter",
+    "Inspector", "JobConflict", "JobNotFound", "JobRecord", "JobSpec", "Keys", "PermanentError", "Producer", "QueueFull",
+    "QueueUnavailable",
     "RateLimited", "RetryPolicy", "TaskSpec", "TaskkitError", "TransientError", "Verdict", "Watermarks",
     "WorkerLost", "redis_settings_from_url", "task", "worker_settings",
 ]

@@ -47,6 +47,18 @@ class QueueFull(TaskkitError):
         return (_rebuild, (type(self), self.args, self.__dict__))
 
 
+class QueueUnavailable(TaskkitError):
+    """The queue's Redis did not answer (refused, timed out): nothing was enqueued; the caller may try again
+    (the API answers 503 with dependency `queue`)."""
+
+    def __init__(self, queue: str, message: str) -> None:
+        super().__init__(f"queue {queue!r} is unavailable: {message}")
+        self.queue = queue
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
 class JobNotFound(TaskkitError):
     """No job with that id in the retry or dead-letter queue (it may have run, been requeued or purged)."""
 

@@ -22,7 +22,11 @@ BIN = Path(sys.executable).parent
 
 def _env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOTPATH_")}
-    env.update(HOTPATH_REDIS_URL=redis_url, HOTPATH_TASKKIT_PREFIX=prefix, HOTPATH_LOG_LEVEL="INFO", **extra)
+    # The index worker with the hashing embedder (MiniLM has its own test), in a collection of this test only,
+    # without a /metrics port (tests run in parallel).
+    collection = "w_" + prefix.replace(":", "_").replace("-", "_").strip("_")
+    env.update(HOTPATH_REDIS_URL=redis_url, HOTPATH_TASKKIT_PREFIX=prefix, HOTPATH_LOG_LEVEL="INFO",
+               HOTPATH_EMBEDDER="hash", HOTPATH_MILVUS_COLLECTION=collection, HOTPATH_INDEX_METRICS_PORT="0", **extra)
     return env
 
 

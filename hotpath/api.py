@@ -1,0 +1,110 @@
+"""The API process, composed at the edge: cacheman's cache API, the index intake (`POST /v1/{tenant}/index`) and the
+search (`GET /v1/{tenant}/search`), under one auth, one error contract and one /metrics.
+
+Why here: cacheman does not learn about indexing, index_worker does not import cacheman; this module passes the
+cache API's auth dependency and problem responses into the worker package's route builders and maps the worker
+package's errors (SearchUnavailable) to the API's problems. `build_api` is what `hotpath api` serves and what
+the tests that walk every route build.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from starlette.responses import Response
+
+from cacheman import problems
+from cacheman.app import create_app, make_redis
+from cacheman.auth import require
+from cacheman.errors import DependencyUnavailable
+from cacheman.observability import REGISTRY
+from index_worker import intake, search
+from index_worker.config import QUEUE, EmbedderConfig, StoreConfig
+from index_worker.search import Searcher, SearchUnavailable
+from taskkit.backpressure import Watermarks
+from taskkit.producer import Producer
+
+# Families of the default registry that the API's /metrics shows beside cacheman's own: the producer's
+# backpressure rejections (taskkit) and the search's Milvus/embedding latencies (index_worker).
+BRIDGED_PREFIXES = ("taskkit_", "hotpath_index_")
+
+
+class _DefaultRegistryBridge:
+    """A collector for cacheman's registry that yields the bridged families of prometheus_client's default one."""
+
+    def collect(self):
+        for family in DEFAULT_REGISTRY.collect():
+            if family.name.startswith(BRIDGED_PREFIXES):
+                yield family
+
+
+_bridge: _DefaultRegistryBridge | None = None
+
+
+def _bridge_metrics() -> None:
+    global _bridge
+    if _bridge is None:
+        _bridge = _DefaultRegistryBridge()
+        REGISTRY.register(_bridge)
+
+
+def index_watermarks(settings: Any) -> Watermarks:
+    """The `index` queue's watermarks from the settings, with a message naming both when they disagree."""
+    if not settings.index_queue_low < settings.index_queue_high:
+        raise ValueError(f"HOTPATH_INDEX_QUEUE_LOW ({settings.index_queue_low}) must be below "
+                         f"HOTPATH_INDEX_QUEUE_HIGH ({settings.index_queue_high})")
+    return Watermarks(high=settings.index_queue_high, low=settings.index_queue_low)
+
+
+def build_api(settings: Any, *, origin: Any = None, redis_client: Any = None, queue_redis: Any = None) -> FastAPI:
+    """The whole API. `origin`, `redis_client` (the cache's) and `queue_redis` (the producer's) may be passed in
+    (tests); otherwise they are opened from the settings in the lifespan. The queue's Redis is HOTPATH_REDIS_URL."""
+    app = create_app(settings, origin=origin, redis_client=redis_client)
+    embedder = EmbedderConfig.from_settings(settings)
+    store = StoreConfig.from_settings(settings, writer=False)
+    watermarks = index_watermarks(settings)
+
+    async def startup(app: FastAPI) -> None:
+        app.state.queue_redis = queue_redis or make_redis(settings.redis_url, settings.redis_timeout_s)
+        app.state.index_producer = Producer(app.state.queue_redis, prefix=settings.taskkit_prefix,
+                                            watermarks={QUEUE: watermarks})
+        app.state.searcher = Searcher(embedder, store)  # nothing loaded until the first search
+
+    async def shutdown(app: FastAPI) -> None:
+        await app.state.searcher.close()
+        if queue_redis is None:
+            await app.state.queue_redis.aclose()
+
+    app.state.on_startup.append(startup)
+    app.state.on_shutdown.append(shutdown)
+
+    app.include_router(intake.build_router(
+        auth_dependency=require("index:write"), producer=lambda request: request.app.state.index_producer,
+        text_max_bytes=settings.index_text_max_bytes, dim=embedder.dim,
+        responses=problems.responses(401, 403, 413, 422, 429, 500, 503, s503={
+            "description": "the `index` queue's Redis does not answer (`dependency-unavailable`, dependency "
+                           "`queue`); nothing was enqueued"}),
+    ))
+    app.include_router(search.build_router(
+        auth_dependency=require("cache:read"), searcher=lambda request: request.app.state.searcher,
+        responses=problems.responses(401, 403, 422, 429, 500, 503, s503={
+            "description": "Milvus or the embedder does not answer (`dependency-unavailable`, dependency `milvus` "
+                           "or `embedder`)"}),
+    ))
+
+    async def search_unavailable(request: Request, exc: SearchUnavailable) -> Response:
+        problem = DependencyUnavailable(exc.dependency, exc.detail, retry_after_s=exc.retry_after_s)
+        return problems.response_of(problem, request.scope)
+
+    app.add_exception_handler(SearchUnavailable, search_unavailable)
+    _bridge_metrics()
+    return app
+
+
+def serve(settings: Any) -> None:
+    """Run the composed API under uvicorn (cacheman/server.py's flags: graceful drain on SIGTERM)."""
+    from cacheman.server import serve as serve_app
+
+    serve_app(settings, app=build_api(settings))
