@@ -53,7 +53,7 @@ async def test_time_limit_kills_the_decoder_and_frees_its_cpu(slow_png, tmp_path
         elapsed = time.monotonic() - start
         assert err.value.label == "time_limit"
         assert "longer than 0.1 s (HOTPATH_THUMB_TIME_LIMIT_S)" in str(err.value)
-        assert elapsed < 0.1 + 0.5 and elapsed < full, elapsed  # stopped at the limit, not when decoding ended
+        assert elapsed < min(full, 1.0), (elapsed, full)  # stopped at the limit, not when decoding ended
         assert not alive(pid), "the decoder process must be gone, its CPU and memory freed"
         assert pool.pids == [] and pool.killed == 1
         # the worker process itself did none of the decoding
