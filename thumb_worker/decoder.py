@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -91,38 +92,57 @@ def child_main() -> None:
 
 # --- parent side --------------------------------------------------------------------------------------
 class _Child:
-    def __init__(self, proc: asyncio.subprocess.Process, info: dict[str, Any]) -> None:
+    """One decoder process. Spawned with subprocess.Popen and reaped by its own `wait()`, not by asyncio's
+    child watcher: after a killed child, that watcher reported later children's exit as 255 (status lost),
+    and the exit status is what tells a crash (SIGSEGV: dead-letter) from a stop (SIGTERM: retry)."""
+
+    def __init__(self, proc: subprocess.Popen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.proc = proc
-        self.info = info
+        self.reader = reader
+        self.writer = writer
+        self.info: dict[str, Any] = {}
         self.jobs = 0
+
+    @classmethod
+    async def spawn(cls, env: dict[str, str] | None) -> _Child:
+        proc = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-m", "thumb_worker.decoder"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env=env, start_new_session=True, bufsize=0)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_FRAME)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, proc.stdin)
+        return cls(proc, reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
     async def send(self, payload: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(_LEN.pack(len(payload)) + payload)
-        await self.proc.stdin.drain()
+        self.writer.write(_LEN.pack(len(payload)) + payload)
+        await self.writer.drain()
 
     async def recv(self) -> bytes:
-        assert self.proc.stdout is not None
-        (n,) = _LEN.unpack(await self.proc.stdout.readexactly(_LEN.size))
+        (n,) = _LEN.unpack(await self.reader.readexactly(_LEN.size))
         if n > MAX_FRAME:
             raise ConnectionError(f"decoder sent a {n}-byte frame")
-        return await self.proc.stdout.readexactly(n)
+        return await self.reader.readexactly(n)
 
     async def kill(self) -> int | None:
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
-        return await self.proc.wait()
+        self.writer.close()
+        return await asyncio.to_thread(self.proc.wait)
 
     async def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        self.writer.close()  # the child sees stdin close after its current source and exits
         try:
-            await asyncio.wait_for(self.proc.wait(), 5)
-        except TimeoutError:
+            await asyncio.to_thread(self.proc.wait, 5)
+        except subprocess.TimeoutExpired:
             await self.kill()
 
 
@@ -152,13 +172,10 @@ class DecoderPool:
     @property
     def pids(self) -> list[int]:
         """Process ids of the live decoder processes (for tests and memory figures)."""
-        return [c.pid for c in self._all if c.proc.returncode is None]
+        return [c.pid for c in self._all if c.returncode is None]
 
     async def _spawn(self) -> _Child:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "thumb_worker.decoder", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=self._env, start_new_session=True)
-        child = _Child(proc, {})
+        child = await _Child.spawn(self._env)
         try:
             await child.send(self._cfg)
             child.info = json.loads(await asyncio.wait_for(child.recv(), SPAWN_TIMEOUT_S))
@@ -199,7 +216,7 @@ class DecoderPool:
                     self._idle.append(child)
                 else:
                     self._all.discard(child)
-                    if child.proc.returncode is None:
+                    if child.returncode is None:
                         await (child.close() if healthy else child.kill())
         if isinstance(answer, Exception):
             raise answer

@@ -48,11 +48,13 @@ async def outcome(redis: Redis, prefix: str, job_id: str, timeout: float = 60.0)
 
 def tree(pid: int) -> list[int]:
     """`pid` and its children (the decoder processes)."""
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return [pid]
-    return [pid, *(int(k) for k in kids)]
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():  # a child belongs to the thread that forked it
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return [pid, *sorted(set(kids))]
 
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
