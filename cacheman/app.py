@@ -21,19 +21,18 @@ from cacheman import problems
 from cacheman.errors import DependencyUnavailable
 from cacheman.observability import REGISTRY, RequestContextMiddleware
 from cacheman.origin.base import open_origin
+from cacheman.redisconn import RedisConfig, connect, open_redis
 from cacheman.routes import install as install_routes
 
 log = logging.getLogger("cacheman")
 
 
 def make_redis(url: str, timeout_s: float) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-        health_check_interval=15,
-        max_connections=256,
-    )
+    """A single-node client (the task queue's); the cache's own is built by redisconn.open_redis."""
+    if "," in url:
+        raise ValueError(f"{url!r} names several Redis nodes: the task queue needs one node (a Cluster cannot hold "
+                         "ARQ's keys, which span slots)")
+    return open_redis(RedisConfig(url=url, timeout_s=timeout_s))
 
 
 def origin_options(s) -> dict[str, Any]:
@@ -61,7 +60,8 @@ def create_app(settings, *, origin=None, redis_client=None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
-        app.state.redis = redis_client or make_redis(settings.redis_url, settings.redis_timeout_s)
+        app.state.redis = redis_client or open_redis(RedisConfig.from_settings(settings))
+        await connect(app.state.redis)
         app.state.origin = origin or open_origin(settings.origin_url, **origin_options(settings))
         startup = getattr(app.state, "on_startup", [])
         for fn in startup:

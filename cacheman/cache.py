@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from cacheman import batch
 from cacheman import metrics as m
 from cacheman.config import CacheConfig
@@ -19,6 +16,7 @@ from cacheman.entry import Clock, Entity, Entry, Loaded, Spec, decode_string, no
 from cacheman.keys import F_FRESH, F_NOTFOUND, F_STORED, Keys
 from cacheman.origin.base import Origin, Room
 from cacheman.readthrough import CacheStatus, Loader, ReadThrough
+from cacheman.redisconn import REDIS_ERRORS, AnyRedis
 
 __all__ = ["CacheConfig", "CacheService", "CacheStatus", "Result", "unread_count"]
 
@@ -48,7 +46,7 @@ class CacheService:
     """All cached lookups of all tenants over one Redis client and one origin."""
 
     def __init__(
-        self, redis: aioredis.Redis, origin: Origin, config: CacheConfig | None = None, near=None, *, clock: Clock = now_ms
+        self, redis: AnyRedis, origin: Origin, config: CacheConfig | None = None, near=None, *, clock: Clock = now_ms
     ) -> None:
         self.redis = redis
         self.origin = origin
@@ -113,14 +111,14 @@ class CacheService:
         rt = self.rt
         spec = self.room_spec(tenant, room_id)
         seq: int | None = None
-        if rt.redis_usable():
-            try:
+        if rt.redis_usable(spec.key):
+            try:  # the room's meta and seq keys share its hash tag: one slot, one MGET
                 raw, raw_seq = await self.redis.mget(spec.key, self.keys.room_seq(tenant, room_id))
-            except RedisError as exc:
-                rt.redis_failed(exc)
+            except REDIS_ERRORS as exc:
+                rt.redis_failed(spec.key, exc)
                 entry, status = await rt.bypass_one(spec)
             else:
-                rt.redis_ok()
+                rt.redis_ok(spec.key)
                 seq = int(raw_seq) if raw_seq else None
                 entry = decode_string(raw, self.clock())
                 if entry is not None and entry.fresh:
@@ -153,13 +151,13 @@ class CacheService:
                 m.NEAR_HITS.inc()
                 return Result(role, CacheStatus.HIT, max(0, (self.clock() - stored) // 1000)), exists
             gen = near.generation
-        if rt.redis_usable():
+        if rt.redis_usable(key):
             try:
                 role_b, fresh_b, stored_b, nx_b = await self.redis.hmget(key, user_id, F_FRESH, F_STORED, F_NOTFOUND)
-            except RedisError as exc:
-                rt.redis_failed(exc)
+            except REDIS_ERRORS as exc:
+                rt.redis_failed(key, exc)
             else:
-                rt.redis_ok()
+                rt.redis_ok(key)
                 now = self.clock()
                 if fresh_b is not None and int(fresh_b) > now:
                     m.HITS.labels(Entity.MEMBERS).inc()
@@ -207,19 +205,18 @@ class CacheService:
         return self._unread_result(reads, seqs, status, entry)
 
     async def room_seqs(self, tenant: str, rooms: list[str]) -> dict[str, int | None] | None:
-        """The cached last_seq of each room (None: not cached); None when Redis cannot answer."""
+        """The cached last_seq of each room (None: not cached); None when Redis cannot answer for one of them."""
         rt = self.rt
-        if not rt.redis_usable():
+        keys = [self.keys.room_seq(tenant, r) for r in rooms]
+        if not all(rt.redis_usable(k) for k in keys):
             return None
-        pipe = self.redis.pipeline(transaction=False)
-        for r in rooms:
-            pipe.get(self.keys.room_seq(tenant, r))
+        batch = rt.batch()
+        for k in keys:
+            batch.on(k).get(k)
         try:
-            vals = await pipe.execute()
-        except RedisError as exc:
-            rt.redis_failed(exc)
+            vals = await batch.execute()
+        except REDIS_ERRORS:
             return None
-        rt.redis_ok()
         return {r: (int(v) if v is not None else None) for r, v in zip(rooms, vals, strict=True)}
 
     def _unread_result(self, reads: dict[str, int], seqs: dict[str, int], status: CacheStatus, entry: Entry) -> Result:

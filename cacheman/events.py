@@ -12,15 +12,14 @@ from datetime import datetime
 from typing import Literal
 
 import orjson
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from redis.exceptions import RedisError
 
 from cacheman import metrics as m
 from cacheman.entry import EntryKind, now_ms
 from cacheman.errors import DependencyUnavailable
 from cacheman.keys import EVENT_ID_PATTERN, ID_MAX_LEN, ID_PATTERN, Keys
-from cacheman.scripts import Scripts, call_in_pipeline
+from cacheman.redisconn import REDIS_ERRORS, AnyRedis, Topology
+from cacheman.scripts import Batch, Scripts
 
 EventType = Literal[
     "room.updated", "room.deleted", "member.added", "member.removed", "member.role_changed", "message.created", "read.updated"
@@ -75,10 +74,10 @@ class EventResult:
 
 
 class EventApplier:
-    """Applies batches of events for one tenant in one pipelined round trip (plus one for room.deleted)."""
+    """Applies batches of events for one tenant in one pipelined round trip per node (plus one for room.deleted)."""
 
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, *, floor_px: int, seq_px: int, scripts: Scripts | None = None, near=None
+        self, redis: AnyRedis, keys: Keys, *, floor_px: int, seq_px: int, scripts: Scripts | None = None, near=None
     ) -> None:
         self.redis = redis
         self.near = near  # this process's NearCache: dropped at once, not when our own broadcast comes back
@@ -86,25 +85,26 @@ class EventApplier:
         self.scripts = scripts or Scripts(redis)
         self.floor_px = floor_px
         self.seq_px = seq_px
+        self.topology = Topology(redis)
 
     async def apply(self, tenant: str, events: list[Event], *, source: str = "http") -> list[EventResult]:
         """Apply in order; raise DependencyUnavailable('redis') when Redis cannot take them (nothing is lost:
         every step is idempotent, so the producer retries the whole batch)."""
         try:
             return await self._apply(tenant, events, source)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise DependencyUnavailable("redis", f"cannot apply events: {type(exc).__name__}: {exc}; retry the batch") from exc
 
     async def _apply(self, tenant: str, events: list[Event], source: str) -> list[EventResult]:
         k, s = self.keys, self.scripts
         deleted_members = await self._members_of_deleted(tenant, events)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = Batch(self.redis, topology=self.topology)
         plan: list[tuple[int, str]] = []  # (commands queued for this event, how to read the first result)
         touched: set[str] = set()
         now = str(now_ms())
 
         def inval(key: str, kind: EntryKind, version: int | None) -> None:
-            call_in_pipeline(pipe, s.invalidate, [key, Keys.lease(key), Keys.floor(key)], ["" if version is None else version, self.floor_px, kind])
+            pipe.script(s.invalidate, [key, Keys.lease(key), Keys.floor(key)], ["" if version is None else version, self.floor_px, kind])
 
         for ev in events:
             n = 0
@@ -124,7 +124,7 @@ class EventApplier:
             elif ev.type.startswith("member."):
                 members = k.members(tenant, ev.room_id)
                 op = {"member.added": "add", "member.removed": "remove", "member.role_changed": "role"}[ev.type]
-                call_in_pipeline(pipe, s.member_event, [members, Keys.lease(members), Keys.floor(members)],
+                pipe.script(s.member_event, [members, Keys.lease(members), Keys.floor(members)],
                       [op, ev.user_id, ev.role or "", "" if ev.version is None else ev.version, self.floor_px, now])
                 touched.add(members)
                 n = 1
@@ -134,13 +134,13 @@ class EventApplier:
                     n += 2
                 plan.append((n, "int"))
             elif ev.type == "message.created":
-                call_in_pipeline(pipe, s.seq_max, [k.room_seq(tenant, ev.room_id)], [ev.seq, self.seq_px])
+                pipe.script(s.seq_max, [k.room_seq(tenant, ev.room_id)], [ev.seq, self.seq_px])
                 plan.append((1, "pair"))
             else:  # read.updated
-                call_in_pipeline(pipe, s.read_max, [k.user_reads(tenant, ev.user_id)], [ev.room_id, ev.seq, self.seq_px])
+                pipe.script(s.read_max, [k.user_reads(tenant, ev.user_id)], [ev.room_id, ev.seq, self.seq_px])
                 plan.append((1, "int"))
         if touched:
-            pipe.publish(k.nearcache_channel(), orjson.dumps(sorted(touched)))
+            pipe.publish(k.nearcache_channel(), orjson.dumps(sorted(touched)))  # sent after the changes (Batch)
         replies = await pipe.execute()
         if touched and self.near is not None:
             self.near.invalidate(touched)
@@ -162,8 +162,8 @@ class EventApplier:
         rooms = list(dict.fromkeys(ev.room_id for ev in events if ev.type == "room.deleted"))
         if not rooms:
             return {}
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = Batch(self.redis, topology=self.topology)
         for r in rooms:
-            pipe.hkeys(self.keys.members(tenant, r))
+            pipe.on(self.keys.members(tenant, r)).hkeys(self.keys.members(tenant, r))
         rows = await pipe.execute()
         return {r: [f.decode() for f in fields if not f.startswith(b"#")] for r, fields in zip(rooms, rows, strict=True)}

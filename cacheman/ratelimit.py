@@ -1,7 +1,7 @@
 """Per-tenant rate limit: a token bucket in Redis (cacheman/lua/ratelimit.lua), answered as 429 + Retry-After.
 
 Key layout: `{prefix}:{tenant}:ratelimit`, one hash per tenant, so every API process shares the bucket and
-the script touches one Cluster slot. To keep a Redis round trip off most requests, a process takes tokens
+the script touches one key, so one Cluster slot. To keep a Redis round trip off most requests, a process takes tokens
 in small batches (about 10 ms of the tenant's rate) and spends them locally for at most `local_ttl_s`;
 the overshoot is bounded by processes × batch. Redis down → the limiter fails open (log + metric): a
 broken limiter must never turn into an outage.
@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 
 from cacheman.errors import RateLimited
+from cacheman.health import RedisHealth
 from cacheman.observability import REGISTRY
+from cacheman.redisconn import REDIS_ERRORS, Topology
+from cacheman.scripts import LuaScript
 
 __all__ = ["FAIL_OPEN", "RATE_LIMITED", "RateLimited", "RateLimiter", "batch_size", "limiter_from_settings"]
 
@@ -65,12 +67,15 @@ class RateLimiter:
         self.per_tenant = dict(per_tenant or {})
         self.local_ttl_s = local_ttl_s
         self.down_backoff_s = down_backoff_s
-        self._script = redis.register_script(SCRIPT)
+        self._script = LuaScript(redis, SCRIPT, "ratelimit")
+        self._topology = Topology(redis)
+        # Per node, like the cache (health.py): on a Cluster only the tenants whose bucket lives on a dead master
+        # pass unlimited; its own warning (below) says so, so the windows themselves stay quiet.
+        self.health = RedisHealth(down_backoff_s, self._topology.node_of, what="the rate limit", quiet=True)
         # tenant -> [tokens left, valid until]; tenant -> (refused locally until, Redis's retry time) (monotonic)
         self._local: dict[str, list] = {}
         self._denied_until: dict[str, tuple[float, float]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
-        self._redis_down_until = 0.0
         self._last_warning = 0.0
 
     def key(self, tenant: str) -> str:
@@ -94,7 +99,7 @@ class RateLimiter:
             if denied is not None and now < denied[0]:
                 RATE_LIMITED.labels(tenant).inc()
                 raise RateLimited(tenant, denied[1] - now, rate, burst)  # the bucket's own wait, not the memo's
-            if now < self._redis_down_until:
+            if not self.health.usable(self.key(tenant)):
                 FAIL_OPEN.inc()
                 return
             pending = self._inflight.get(tenant)
@@ -116,11 +121,13 @@ class RateLimiter:
         self._inflight[tenant] = done
         try:
             now = time.monotonic()
+            key = self.key(tenant)
             try:
-                granted, retry_ms = await self._script(keys=[self.key(tenant)], args=[rate, burst, batch_size(rate, burst)])
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._fail_open(exc, now)
+                granted, retry_ms = await self._script(keys=[key], args=[rate, burst, batch_size(rate, burst)])
+            except (*REDIS_ERRORS, OSError, TimeoutError) as exc:
+                self._fail_open(key, exc, now)
                 return
+            self.health.ok(key)
             granted, retry_ms = int(granted), int(retry_ms)
             if granted > 0:
                 self._denied_until.pop(tenant, None)
@@ -140,9 +147,9 @@ class RateLimiter:
                 del self._inflight[tenant]
             done.set_result(None)
 
-    def _fail_open(self, exc: BaseException, now: float) -> None:
+    def _fail_open(self, key: str, exc: BaseException, now: float) -> None:
         FAIL_OPEN.inc()
-        self._redis_down_until = now + self.down_backoff_s
+        self.health.failed(key, exc)
         if now - self._last_warning >= 10:
             self._last_warning = now
             log.warning(

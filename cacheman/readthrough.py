@@ -9,21 +9,21 @@ Origin down → the expired copy (`stale`) or OriginUnavailable; Redis down → 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from enum import StrEnum
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from cacheman import metrics as m
 from cacheman.config import CacheConfig
 from cacheman.entry import Clock, Entry, EntryKind, Loaded, Spec, decode, now_ms
 from cacheman.errors import DependencyUnavailable, OriginUnavailable
+from cacheman.health import RedisHealth
 from cacheman.leases import Leases, LeaseStatus
-from cacheman.scripts import Scripts
+from cacheman.redisconn import REDIS_ERRORS, AnyRedis, Topology
+from cacheman.scripts import Batch, Scripts
 
 log = logging.getLogger("cacheman.readthrough")
 
@@ -55,57 +55,49 @@ async def load_alone(specs: list[Spec]) -> dict[str, Loaded]:
 class ReadThrough:
     """Read-through over one Redis client: shared by every lookup of every tenant in a process."""
 
-    def __init__(self, redis: aioredis.Redis, cfg: CacheConfig, *, scripts: Scripts | None = None, clock: Clock = now_ms) -> None:
+    def __init__(self, redis: AnyRedis, cfg: CacheConfig, *, scripts: Scripts | None = None, clock: Clock = now_ms) -> None:
         self.redis = redis
         self.cfg = cfg
         self.clock = clock
         self.scripts = scripts or Scripts(redis)
-        self.leases = Leases(redis, self.scripts, cfg, clock)
+        self.topology = Topology(redis)
+        self.health = RedisHealth(cfg.redis_retry_s, self.topology.node_of, on_change=_redis_gauges)
+        self.leases = Leases(redis, self.scripts, cfg, clock, self.health)
         self._inflight: dict[str, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()  # running fills (a task nobody references may be collected)
         self._bypass_slots = asyncio.Semaphore(cfg.bypass_concurrency)
-        self._redis_down_until = 0.0
 
-    # ----------------------------------------------------------------- Redis health (a small breaker)
+    # ----------------------------------------------------------------- Redis health, per node (health.py)
 
-    def redis_usable(self) -> bool:
-        """False for `redis_retry_s` after a failure, so requests bypass instead of each paying a timeout.
-        Then half-open: one caller probes Redis (and the window restarts for the others) until a success
-        closes it — a hung Redis costs one timeout per window, not one per request."""
-        until = self._redis_down_until
-        if not until:
-            return True
-        now = time.monotonic()
-        if now < until:
-            return False
-        self._redis_down_until = now + self.cfg.redis_retry_s  # this caller is the probe
-        return True
+    def redis_usable(self, key: str) -> bool:
+        """False for `redis_retry_s` after a failure of the node `key` lives on, so its requests bypass instead
+        of each paying a timeout; then one caller probes (half-open) until a success closes the window."""
+        return self.health.usable(key)
 
-    def redis_failed(self, exc: BaseException) -> None:
-        """A Redis call failed: bypass Redis for the next `redis_retry_s`."""
-        if not self._redis_down_until:
-            log.warning("redis unavailable, bypassing the cache for %.1fs: %s: %s", self.cfg.redis_retry_s, type(exc).__name__, exc)
-        self._redis_down_until = time.monotonic() + self.cfg.redis_retry_s
-        m.REDIS_UP.set(0)
+    def redis_failed(self, key: str, exc: BaseException) -> None:
+        """A Redis call about `key` failed: bypass its node for the next `redis_retry_s`."""
+        self.health.failed(key, exc)
 
-    def redis_ok(self) -> None:
-        """A Redis call succeeded: close the window."""
-        if self._redis_down_until:
-            self._redis_down_until = 0.0
-            m.REDIS_UP.set(1)
+    def redis_ok(self, key: str) -> None:
+        """A Redis call about `key` succeeded: close its node's window."""
+        self.health.ok(key)
+
+    def batch(self) -> Batch:
+        """A pipeline per node whose failures and successes feed the health windows."""
+        return Batch(self.redis, health=self.health, topology=self.topology)
 
     # ----------------------------------------------------------------- entry points
 
     async def get(self, spec: Spec) -> Answer:
         """The entity of `spec`: from Redis when fresh, else filled (single-flight + lease)."""
-        if not self.redis_usable():
+        if not self.redis_usable(spec.key):
             return await self.bypass_one(spec)
         try:
             raw = await (self.redis.hgetall(spec.key) if spec.kind is EntryKind.HASH else self.redis.get(spec.key))
-        except RedisError as exc:
-            self.redis_failed(exc)
+        except REDIS_ERRORS as exc:
+            self.redis_failed(spec.key, exc)
             return await self.bypass_one(spec)
-        self.redis_ok()
+        self.redis_ok(spec.key)
         entry = decode(spec.kind, raw, self.clock())
         if entry is not None and entry.fresh:
             m.HITS.labels(spec.entity).inc()
@@ -202,13 +194,14 @@ class ReadThrough:
         deadline = time.monotonic() + self.cfg.lease_wait_s
         delay = 0.004
         while True:
-            try:
-                replies = await self.leases.acquire(pending, token, force=force)
-            except RedisError as exc:
-                self.redis_failed(exc)
-                _answer(futs, pending, await self.bypass(pending, load))
-                return
-            self.redis_ok()
+            replies = await self.leases.acquire(pending, token, force=force)  # a node that failed: its exception
+            down = [spec for spec, r in zip(pending, replies, strict=True) if isinstance(r, BaseException)]
+            if down:  # those keys' nodes are marked down (Leases): the origin answers them
+                _answer(futs, down, await self.bypass(down, load))
+                kept = [(s, r) for s, r in zip(pending, replies, strict=True) if not isinstance(r, BaseException)]
+                if not kept:
+                    return
+                pending, replies = [s for s, _ in kept], [r for _, r in kept]
             now = self.clock()
             leased: list[Spec] = []
             waiting: list[Spec] = []
@@ -251,14 +244,12 @@ class ReadThrough:
         except OriginUnavailable as exc:
             try:
                 await self.leases.release(leased, token)
-            except RedisError as rexc:  # the leases expire on their own
-                self.redis_failed(rexc)
+            except REDIS_ERRORS:  # the leases expire on their own (the node is marked down by Leases)
+                pass
             self._stale_or_raise(leased, stale, exc, futs)
             return
-        try:
+        with contextlib.suppress(*REDIS_ERRORS):  # the caller still gets the value; the next reader fills again
             await self.leases.store([(s, loaded[s.key]) for s in leased], token)
-        except RedisError as exc:  # the caller still gets the value; the next reader fills again
-            self.redis_failed(exc)
         self._fresh(leased, loaded, CacheStatus.MISS, futs)
 
     def _fresh(self, specs: list[Spec], loaded: dict[str, Loaded], status: CacheStatus, futs: _Futures) -> None:
@@ -310,6 +301,11 @@ class ReadThrough:
         finally:
             self._bypass_slots.release()
         self._fresh(specs, loaded, CacheStatus.BYPASS, futs)
+
+
+def _redis_gauges(nodes_down: int) -> None:
+    m.REDIS_UP.set(0 if nodes_down else 1)
+    m.REDIS_NODES_DOWN.set(nodes_down)
 
 
 def _answer(futs: _Futures, specs: list[Spec], answers: list[Answer]) -> None:

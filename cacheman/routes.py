@@ -12,7 +12,6 @@ import os
 from typing import Annotated
 
 import orjson
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -39,6 +38,7 @@ from cacheman.models import (
     UserRoomsOut,
 )
 from cacheman.nearcache import NearCache
+from cacheman.redisconn import RedisConfig, subscriber
 from cacheman.stream import StreamConsumer
 
 MEMBERSHIP_PATH = "/v1/{tenant}/rooms/{room_id}/members/{user_id}"
@@ -219,10 +219,8 @@ async def _startup(app: FastAPI) -> None:
     cfg = CacheConfig.from_settings(s)
     keys = Keys(cfg.prefix)
     near = None
-    if s.near_cache_enabled:
-        sub_client = aioredis.Redis.from_url(
-            s.redis_url, socket_connect_timeout=s.redis_timeout_s, health_check_interval=5, client_name=f"hp-nearcache-{os.getpid()}"
-        )
+    if s.near_cache_enabled:  # its own connection, to one node (on a Cluster, any node: redisconn.NodeSubscriber)
+        sub_client = subscriber(app.state.redis, RedisConfig.from_settings(s), client_name=f"hp-nearcache-{os.getpid()}")
         near = NearCache(sub_client, keys.nearcache_channel(), ttl_s=s.near_cache_ttl_s, max_entries=s.near_cache_max_entries)
         app.state.near_client = sub_client
         await near.start()

@@ -2,6 +2,8 @@
 
 An entry is XACKed only after its event is applied; entries pending too long on a dead consumer are
 claimed with XAUTOCLAIM by a live one. Entries that can never apply go to `<stream>:dead` (then acked).
+On a Cluster the stream and its group are one key, so one slot (XREADGROUP BLOCK holds a connection to that
+node); `<stream>:dead` may live on another node, so its XADD is sent before the XACK, not pipelined with it.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import os
 import socket
 import time
 
-import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from cacheman import metrics as m
 from cacheman.errors import DependencyUnavailable
 from cacheman.events import Event, EventApplier
 from cacheman.keys import valid_id
+from cacheman.redisconn import REDIS_ERRORS, AnyRedis
 
 log = logging.getLogger("cacheman.stream")
 
@@ -34,7 +36,7 @@ class StreamConsumer:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AnyRedis,
         applier: EventApplier,
         *,
         stream: str,
@@ -139,10 +141,10 @@ class StreamConsumer:
         for entry_id, fields, error in dead:
             record = {k: v for k, v in fields.items()}
             record.update({b"error": error.encode(), b"source_id": entry_id})
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.xadd(self.dead_stream, record, maxlen=10_000, approximate=True)
-            pipe.xack(self.stream, self.group, entry_id)
-            await pipe.execute()
+            # In this order, one after the other: on a Cluster the two keys may be on two nodes, and an entry
+            # must never be acked unless its dead-letter copy was written.
+            await self.redis.xadd(self.dead_stream, record, maxlen=10_000, approximate=True)
+            await self.redis.xack(self.stream, self.group, entry_id)
             m.STREAM_DEAD.inc()
             log.warning("stream entry %s cannot be applied, moved to %s: %s", entry_id, self.dead_stream, error)
         return acked
@@ -156,7 +158,7 @@ class StreamConsumer:
                 while True:
                     await self.run_once()
                     backoff = 0.1
-            except (RedisError, OSError, DependencyUnavailable) as exc:
+            except (*REDIS_ERRORS, OSError, DependencyUnavailable) as exc:
                 log.warning("events stream: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
             except Exception:
                 # A bug must not silently stop the consumer: log it, keep the entries pending, try again.

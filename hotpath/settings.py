@@ -136,6 +136,7 @@ class ApiSettings(CommonSettings, MilvusSettings, IndexSettings):
     origin_breaker_open_s: float = Field(5.0, gt=0, description="How long an open breaker rejects calls before one half-open probe, seconds.")
     # cache (cacheman/config.py CacheConfig; events.py, stream.py, nearcache.py)
     redis_prefix: str = Field("hp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Prefix of every cache key (`hp:{tenant}:{room:R}:members`).")
+    redis_cluster: bool = Field(False, description="The cache's Redis is a Redis / Valkey Cluster: HOTPATH_REDIS_URL names one or more seed nodes, comma-separated (`redis://n1:6379,redis://n2:6379`); the cache, rate limits, near-cache broadcast and events stream use it (docs/cluster.md).")
     cache_ttl_s: float = Field(300.0, gt=0, description="Freshness of a cached entry, seconds (before jitter).")
     cache_ttl_jitter: float = Field(0.1, ge=0, lt=1, description="TTL jitter: each fill's TTL is drawn from ttl × [1 − j, 1 + j] so keys filled together do not expire together.")
     cache_negative_ttl_s: float = Field(5.0, gt=0, description="Freshness of a cached 'not found', seconds.")

@@ -40,11 +40,11 @@ async def test_miss_then_hit_costs_one_origin_call(redis, key_prefix):
 # ---------------------------------------------------------------- stale set
 
 @pytest.mark.parametrize("entity", ["room", "members", "user_rooms"])
-async def test_stale_set_fill_that_began_before_an_invalidation_never_writes_its_old_value(redis, key_prefix, entity):
+async def test_stale_set_fill_that_began_before_an_invalidation_never_writes_its_old_value(cache_client, key_prefix, entity):
     origin = FakeOrigin()
     origin.add_room(T, "r1", name="old", members={"u1": "admin"})
     origin.add_room(T, "r2", name="other", members={})
-    cache, events = make_cache(redis, origin, key_prefix)
+    cache, events = make_cache(cache_client, origin, key_prefix)
     keys = Keys(key_prefix)
     key = {"room": keys.room_meta(T, "r1"), "members": keys.members(T, "r1"), "user_rooms": keys.user_rooms(T, "u1")}[entity]
 
@@ -73,7 +73,7 @@ async def test_stale_set_fill_that_began_before_an_invalidation_never_writes_its
     origin.gate.set()
     origin.gate = None
     await fill  # its caller started before the change: it may see the old value
-    assert await redis.exists(key) == 0, "the fill that began before the invalidation wrote its old value"
+    assert await cache_client.exists(key) == 0, "the fill that began before the invalidation wrote its old value"
 
     after = {"room": cache.room, "members": cache.members}.get(entity)
     res = await (after(T, "r1") if after else cache.user_rooms(T, "u1"))
@@ -234,12 +234,14 @@ async def test_membership_check_tells_absent_user_from_uncached_set(redis, key_p
     assert origin.calls["get_members"] == 2
 
 
-async def test_batches_use_one_origin_call_for_all_misses(redis, key_prefix):
+async def test_batches_use_one_origin_call_for_all_misses(cache_client, cache_redis, key_prefix):
     origin = FakeOrigin()
     for i in range(50):
         origin.add_room(T, f"r{i}", members={"u1": "member"})
-    cache, _ = make_cache(redis, origin, key_prefix)
+    cache, _ = make_cache(cache_client, origin, key_prefix)
     ids = [f"r{i}" for i in range(50)] + ["nope"]
+    if cache_redis.cluster:  # the batch spans slots on every master
+        assert len({cache.rt.topology.node_of(Keys(key_prefix).room_meta(T, r)) for r in ids}) == 3
     found, missing, status, _ = await cache.rooms_batch(T, ids)
     assert (len(found), missing, status) == (50, ["nope"], "miss")
     assert origin.calls["get_rooms"] == 1
@@ -248,6 +250,11 @@ async def test_batches_use_one_origin_call_for_all_misses(redis, key_prefix):
     assert origin.calls["get_rooms"] == 1
     rows, status, _ = await cache.memberships_batch(T, [("r1", "u1"), ("r1", "u2"), ("r2", "u1")])
     assert [(r, u, role) for r, u, role, _ in rows] == [("r1", "u1", "member"), ("r1", "u2", None), ("r2", "u1", "member")]
+    checks = [(f"r{i}", "u1") for i in range(50)]
+    rows, status, _ = await cache.memberships_batch(T, checks)
+    assert [role for _, _, role, _ in rows] == ["member"] * 50
+    rows, status, _ = await cache.memberships_batch(T, checks)
+    assert status == "hit" and origin.calls["get_members"] == 50
 
 
 async def test_a_membership_hit_is_one_redis_command(redis, key_prefix, monkeypatch):

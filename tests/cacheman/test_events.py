@@ -45,10 +45,10 @@ def test_invalid_events_are_rejected_with_a_message(body, needle):
     assert needle in str(info.value)
 
 
-async def test_member_events_patch_in_place_and_older_or_duplicate_ones_are_ignored(redis, key_prefix):
+async def test_member_events_patch_in_place_and_older_or_duplicate_ones_are_ignored(cache_client, key_prefix):
     origin = FakeOrigin()
     origin.add_room(T, "r1", members={"u1": "admin"})
-    cache, events = make_cache(redis, origin, key_prefix)
+    cache, events = make_cache(cache_client, origin, key_prefix)
     assert (await cache.member_role(T, "r1", "u2"))[0].value is None  # members v1 cached
     v2 = origin.set_member(T, "r1", "u2", "member")
     add = Event(id="e2", type="member.added", room_id="r1", user_id="u2", role="member", version=v2)
@@ -71,12 +71,12 @@ async def test_member_events_patch_in_place_and_older_or_duplicate_ones_are_igno
 
 
 @pytest.mark.parametrize("seed", range(12))
-async def test_member_events_in_any_order_with_duplicates_converge_to_the_origin(redis, key_prefix, seed):
+async def test_member_events_in_any_order_with_duplicates_converge_to_the_origin(cache_client, key_prefix, seed):
     rng = random.Random(seed)
     origin = FakeOrigin()
     users = [f"u{i}" for i in range(6)]
     origin.add_room(T, "r1", members={"u0": "owner"})
-    cache, events = make_cache(redis, origin, key_prefix + f"{seed}:")
+    cache, events = make_cache(cache_client, origin, key_prefix + f"{seed}:")
     outbox: list[Event] = []
     for step in range(25):
         u = rng.choice(users[1:])
@@ -114,11 +114,11 @@ async def test_room_updated_versions_max_merge(redis, key_prefix):
     assert (res.value["name"], res.status) == ("v4", "miss")
 
 
-async def test_room_deleted_drops_room_members_and_the_members_room_lists(redis, key_prefix):
+async def test_room_deleted_drops_room_members_and_the_members_room_lists(cache_client, key_prefix):
     origin = FakeOrigin()
     origin.add_room(T, "r1", members={"u1": "admin"})
     origin.add_room(T, "r2", members={"u1": "member"})
-    cache, events = make_cache(redis, origin, key_prefix)
+    cache, events = make_cache(cache_client, origin, key_prefix)
     await cache.room(T, "r1")
     await cache.members(T, "r1")
     assert (await cache.user_rooms(T, "u1")).value == ["r1", "r2"]
@@ -131,11 +131,11 @@ async def test_room_deleted_drops_room_members_and_the_members_room_lists(redis,
     assert (await cache.user_rooms(T, "u1")).value == ["r2"]
 
 
-async def test_message_and_read_events_max_merge(redis, key_prefix):
+async def test_message_and_read_events_max_merge(cache_client, key_prefix):
     origin = FakeOrigin()
     origin.add_room(T, "r1", members={"u1": "member"}, last_seq=10)
     origin.reads[(T, "r1", "u1")] = 4
-    cache, events = make_cache(redis, origin, key_prefix)
+    cache, events = make_cache(cache_client, origin, key_prefix)
     assert (await cache.unread(T, "u1")).value == {"total": 6, "rooms": {"r1": 6}}
     mk = lambda i, t, **kw: Event(id=f"e{i}", type=t, room_id="r1", **kw)  # noqa: E731
     results = await events.apply(T, [

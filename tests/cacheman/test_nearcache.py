@@ -13,19 +13,23 @@ from cacheman.cache import CacheConfig, CacheService
 from cacheman.events import Event, EventApplier
 from cacheman.keys import Keys
 from cacheman.nearcache import NearCache
-from tests.cacheman.cache_fakes import FakeOrigin, redis_client
+from cacheman.redisconn import connect, subscriber
+from tests.cacheman.cache_fakes import FakeOrigin
+from tests.cacheman.conftest import CacheRedis
 
 T = "acme"
 
 
 
 class Process:
-    """One API process: its own Redis clients, single-flight map and near cache."""
+    """One API process: its own Redis clients, single-flight map and near cache (`where`: a URL, or a CacheRedis
+    for the tests that also run on the Cluster)."""
 
-    def __init__(self, url: str, origin, prefix: str, ttl_s: float) -> None:
+    def __init__(self, where: str | CacheRedis, origin, prefix: str, ttl_s: float) -> None:
         self.name = f"hptest-near-{uuid.uuid4().hex[:8]}"
-        self.redis = redis_client(url)
-        self.sub = aioredis.Redis.from_url(url, client_name=self.name)
+        where = where if isinstance(where, CacheRedis) else CacheRedis("single", where)
+        self.redis = where.client()
+        self.sub = subscriber(self.redis, where.config(), client_name=self.name)
         cfg = CacheConfig(prefix=prefix)
         keys = Keys(prefix)
         self.near = NearCache(self.sub, keys.nearcache_channel(), ttl_s=ttl_s)
@@ -33,6 +37,7 @@ class Process:
         self.events = EventApplier(self.redis, keys, floor_px=cfg.floor_px, seq_px=cfg.floor_px, near=self.near)
 
     async def __aenter__(self):
+        await connect(self.redis)
         await self.near.start()
         assert self.near.active
         return self
@@ -56,10 +61,10 @@ async def _until_new(proc: Process, room: str, user: str, old, limit_s: float) -
     return time.monotonic() - t0
 
 
-async def test_an_event_applied_by_one_process_invalidates_the_near_cache_of_another(redis_url, key_prefix):
+async def test_an_event_applied_by_one_process_invalidates_the_near_cache_of_another(cache_redis, key_prefix):
     origin = FakeOrigin()
     origin.add_room(T, "r1", members={"u1": "member"})
-    async with Process(redis_url, origin, key_prefix, ttl_s=30.0) as a, Process(redis_url, origin, key_prefix, ttl_s=30.0) as b:
+    async with Process(cache_redis, origin, key_prefix, ttl_s=30.0) as a, Process(cache_redis, origin, key_prefix, ttl_s=30.0) as b:
         assert (await b.role("r1", "u1")).value == "member"
         await b.role("r1", "u1")
         assert len(b.near) == 1
@@ -90,15 +95,21 @@ async def test_the_process_that_applies_an_event_reads_its_own_write_at_once(red
         assert (await a.role("r1", "u1")).value is None  # no wait for a broadcast to come back
 
 
-async def test_the_near_cache_is_flushed_when_its_broadcast_connection_drops(redis, redis_url, key_prefix):
+async def test_the_near_cache_is_flushed_when_its_broadcast_connection_drops(cache_redis, key_prefix):
+    """On a Cluster it subscribes again on the next node, and hears the broadcast there."""
     origin = FakeOrigin()
     origin.add_room(T, "r1", members={"u1": "member"})
-    async with Process(redis_url, origin, key_prefix, ttl_s=30.0) as b:
+    async with Process(cache_redis, origin, key_prefix, ttl_s=30.0) as b, Process(cache_redis, origin, key_prefix, ttl_s=30.0) as a:
         await b.role("r1", "u1")
         assert len(b.near) == 1
-        clients = await redis.client_list()
+        first_node = getattr(b.sub, "node_name", "")
+        host, _, port = first_node.rpartition(":")
+        node = aioredis.Redis(host=host, port=int(port)) if cache_redis.cluster else b.redis
+        clients = await node.client_list()
         [mine] = [c for c in clients if c.get("name") == b.name]
-        await redis.client_kill_filter(_id=mine["id"])
+        await node.client_kill_filter(_id=mine["id"])
+        if node is not b.redis:
+            await node.aclose()
         for _ in range(200):
             if len(b.near) == 0 and not b.near.active:
                 break
@@ -111,6 +122,11 @@ async def test_the_near_cache_is_flushed_when_its_broadcast_connection_drops(red
             await asyncio.sleep(0.01)
         assert b.near.active
         assert (await b.role("r1", "u1")).value == "member"
+        if cache_redis.cluster:
+            assert b.sub.node_name != first_node  # subscribed again, on another node
+        origin.set_member(T, "r1", "u1", None)  # and the broadcast still reaches it there
+        await a.events.apply(T, [Event(id="e", type="member.removed", room_id="r1", user_id="u1")])
+        assert await _until_new(b, "r1", "u1", "member", limit_s=2.0) < 0.5
 
 
 async def test_staleness_bound_when_a_broadcast_is_lost(redis_url, key_prefix):

@@ -148,7 +148,7 @@ async def test_redis_down_fails_open_then_recovers():
             server.stop()
     # Redis comes back on the same port: the limit applies again without a restart.
     with start_valkey(port=port):
-        app.state.rate_limiter._redis_down_until = 0
+        app.state.rate_limiter.health.reset()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             codes = [(await c.get("/v1/acme/x", headers=headers())).status_code for _ in range(3)]
         assert codes == [200, 429, 429]

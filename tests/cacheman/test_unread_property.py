@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cacheman.events import Event
 from cacheman.keys import Keys
-from tests.cacheman.cache_fakes import FakeOrigin, make_cache, redis_client
+from tests.cacheman.cache_fakes import FakeOrigin, make_cache
 
 T = "acme"
 ROOMS = ("r1", "r2", "r3")
@@ -32,14 +32,14 @@ _counter = itertools.count()
 
 
 @pytest.fixture
-def ctx(redis_url, key_prefix):
-    return {"url": redis_url, "prefix": key_prefix}
+def ctx(cache_redis, key_prefix):
+    return {"redis": cache_redis, "prefix": key_prefix}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.lists(change, min_size=1, max_size=25), schedule=st.lists(step, max_size=60), yields=st.lists(st.integers(0, 3), min_size=1, max_size=8), origin_yields=st.integers(0, 6))
 async def test_cached_unread_always_ends_equal_to_the_origin(ctx, changes, schedule, yields, origin_yields):
-    redis = redis_client(ctx["url"])
+    redis = ctx["redis"].client()
     prefix = f"{ctx['prefix']}{next(_counter)}:"
     origin = FakeOrigin()
     for r in ROOMS:
@@ -99,8 +99,8 @@ async def test_cached_unread_always_ends_equal_to_the_origin(ctx, changes, sched
         await redis.aclose()
 
 
-async def test_a_read_event_landing_during_a_fill_is_merged_not_overwritten(redis_url, key_prefix):
-    redis = redis_client(redis_url)
+async def test_a_read_event_landing_during_a_fill_is_merged_not_overwritten(cache_redis, key_prefix):
+    redis = cache_redis.client()
     origin = FakeOrigin()
     origin.add_room(T, "r1", members={USER: "member"}, last_seq=10)
     origin.reads[(T, "r1", USER)] = 2
