@@ -28,25 +28,39 @@ FIELDS = ("pk", "tenant_id", "room_id", "message_id", "sender", "text", "created
 INT64_MAX = 2**63 - 1
 
 
-class _QuietRpcErrors(logging.Filter):
-    """pymilvus logs every failed call at ERROR with a traceback in the message; we raise a classified error
-    for it ourselves, so keep one WARNING line without the traceback."""
+class _PymilvusToRoot(logging.Handler):
+    """pymilvus logs through its own plain-text handler, every failed call at ERROR with a traceback in the message
+    (and connection recovery with exc_info); we raise a classified error for each ourselves. So its records go to
+    the process's own handlers (JSON lines) as one WARNING line each, without the traceback."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            record.msg = record.getMessage().split("\nTraceback:", 1)[0]
-            record.args = None
-            record.exc_info = record.exc_text = record.stack_info = None
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg = record.getMessage().split("\nTraceback:", 1)[0]
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.msg}: {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        record.exc_info = record.exc_text = record.stack_info = None
+        if record.levelno > logging.WARNING:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+        for handler in logging.getLogger().handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
 
 def quiet_pymilvus_logs() -> None:
-    """Install the filter on pymilvus's loggers (idempotent); processes call it once at start."""
-    for name in ("pymilvus.decorators", "pymilvus.client.abstract", "pymilvus.milvus_client.milvus_client"):
-        lg = logging.getLogger(name)
-        if not any(isinstance(f, _QuietRpcErrors) for f in lg.filters):
-            lg.addFilter(_QuietRpcErrors())
+    """Route pymilvus's loggers through _PymilvusToRoot (idempotent); processes call it once at start."""
+    import pymilvus  # noqa: F401  (its import configures its loggers; replace that configuration after it)
+
+    top = logging.getLogger("pymilvus")
+    if not any(isinstance(h, _PymilvusToRoot) for h in top.handlers):
+        top.handlers[:] = [_PymilvusToRoot()]
+        top.propagate = False
+    for name in ("pymilvus.milvus_client", "pymilvus.bulk_writer"):  # configured apart by pymilvus: join the rest
+        child = logging.getLogger(name)
+        child.handlers[:] = []
+        child.propagate = True
 
 
 def message_pk(tenant_id: str, message_id: str) -> str:

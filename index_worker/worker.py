@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -70,15 +71,21 @@ def event_from_job(payload: Any) -> IndexEvent:
                              "docs/index-events.md") from exc
 
 
-def outcomes(events: list[IndexEvent], result: BatchResult) -> list[Any]:
-    """One result per event of a batch, in order: an outcome name, or the exception that event alone fails with."""
+def outcomes(events: list[IndexEvent], result: BatchResult,
+             failed_write: Callable[[IndexEvent], str | None] = lambda ev: None) -> list[Any]:
+    """One result per event of a batch, in order: an outcome name, or the exception that event alone fails with.
+    `failed_write(ev)` is the error of this process's earlier write of the message whose lease is still held."""
     by_id: dict[int, Any] = {}
     for name, evs in (("indexed", result.upserted), ("deleted", result.deleted),
                       ("room_deleted", result.rooms_deleted), ("stale", result.stale)):
         for ev in evs:
             by_id[id(ev)] = name
     for ev in result.busy:
-        by_id[id(ev)] = Busy(f"{describe(ev)}: another worker is writing this message", retry_after=result.retry_after_s)
+        cause = failed_write(ev)
+        why = (f"an earlier write of it failed ({cause}) but may still land, so its lease is kept until it expires"
+               if cause else "another write holds its lease (a batch writing another version, or a write that timed "
+                             "out elsewhere)")
+        by_id[id(ev)] = Busy(f"{describe(ev)}: {why}", retry_after=result.retry_after_s)
     for ev, reason in result.rejected:
         by_id[id(ev)] = PermanentError(f"{describe(ev)} cannot be indexed: {reason}")
     for ev in result.lost:
@@ -100,6 +107,18 @@ class IndexRuntime:
         self.embedder: Any = None
         self.batcher: Batcher | None = None
         self.busy_wait_s = min(5.0, config.task_timeout_s / 4)
+        self._failed_writes: dict[tuple[str, str], tuple[str, float]] = {}  # message → (error, lease expiry)
+
+    def _failed_write(self, ev: IndexEvent) -> str | None:
+        entry = self._failed_writes.get((ev.tenant_id, ev.message_id))
+        if entry is None:
+            return None
+        if entry[1] < time.monotonic():
+            now = time.monotonic()
+            for key in [k for k, (_, until) in self._failed_writes.items() if until < now]:
+                del self._failed_writes[key]
+            return None
+        return entry[0]
 
     async def start(self, _settings: Any = None) -> None:
         """Load the embedder, ensure the collection, build the batcher, serve /metrics (the worker's start check)."""
@@ -127,7 +146,14 @@ class IndexRuntime:
         self.indexer = indexer
 
         async def apply(events: list[IndexEvent]) -> list[Any]:
-            return outcomes(events, await indexer.apply(events))
+            try:
+                result = await indexer.apply(events)
+            except MilvusTransient as exc:  # leases of a write that may have been sent are kept: remember why
+                until = time.monotonic() + cfg.lease_ttl_s
+                for ev in events:
+                    self._failed_writes[(ev.tenant_id, ev.message_id)] = (str(exc), until)
+                raise
+            return outcomes(events, result, self._failed_write)
 
         self.batcher = Batcher(apply, name=QUEUE, max_items=cfg.batch_items, max_bytes=cfg.store.batch_bytes,
                                sizeof=_event_bytes, linger_s=cfg.linger_s, aimd=aimd)
