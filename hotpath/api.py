@@ -1,5 +1,6 @@
-"""The API process, composed at the edge: cacheman's cache API, the index intake (`POST /v1/{tenant}/index`) and the
-search (`GET /v1/{tenant}/search`), under one auth, one error contract and one /metrics.
+"""The API process, composed at the edge: cacheman's cache API, the index intake (`POST /v1/{tenant}/index`), the
+search (`GET /v1/{tenant}/search`) and the storage-event intake (`POST /v1/storage-events`, MinIO's webhook), under
+one error contract and one /metrics (JWT auth; the webhook's shared token for MinIO).
 
 Why here: cacheman does not learn about indexing, index_worker does not import cacheman; this module passes the
 cache API's auth dependency and problem responses into the worker package's route builders and maps the worker
@@ -18,13 +19,15 @@ from starlette.responses import Response
 from cacheman import problems
 from cacheman.app import create_app, make_redis
 from cacheman.auth import require
-from cacheman.errors import DependencyUnavailable
+from cacheman.errors import DependencyUnavailable, Unauthorized
 from cacheman.observability import REGISTRY
 from index_worker import intake, search
 from index_worker.config import QUEUE, EmbedderConfig, StoreConfig
 from index_worker.search import Searcher, SearchUnavailable
 from taskkit.backpressure import Watermarks
 from taskkit.producer import Producer
+from thumb_worker import intake as storage_intake
+from thumb_worker.producer import QUEUE as THUMB_QUEUE
 
 # Families of the default registry that the API's /metrics shows beside cacheman's own: the producer's
 # backpressure rejections (taskkit) and the search's Milvus/embedding latencies (index_worker).
@@ -58,6 +61,14 @@ def index_watermarks(settings: Any) -> Watermarks:
     return Watermarks(high=settings.index_queue_high, low=settings.index_queue_low)
 
 
+def thumb_watermarks(settings: Any) -> Watermarks:
+    """The `thumb` queue's watermarks from the settings, with a message naming both when they disagree."""
+    if not settings.thumb_queue_low < settings.thumb_queue_high:
+        raise ValueError(f"HOTPATH_THUMB_QUEUE_LOW ({settings.thumb_queue_low}) must be below "
+                         f"HOTPATH_THUMB_QUEUE_HIGH ({settings.thumb_queue_high})")
+    return Watermarks(high=settings.thumb_queue_high, low=settings.thumb_queue_low)
+
+
 def build_api(settings: Any, *, origin: Any = None, redis_client: Any = None, queue_redis: Any = None) -> FastAPI:
     """The whole API. `origin`, `redis_client` (the cache's) and `queue_redis` (the producer's) may be passed in
     (tests); otherwise they are opened from the settings in the lifespan. The queue's Redis is HOTPATH_REDIS_URL."""
@@ -65,11 +76,14 @@ def build_api(settings: Any, *, origin: Any = None, redis_client: Any = None, qu
     embedder = EmbedderConfig.from_settings(settings)
     store = StoreConfig.from_settings(settings, writer=False)
     watermarks = index_watermarks(settings)
+    thumb_wm = thumb_watermarks(settings)
 
     async def startup(app: FastAPI) -> None:
         app.state.queue_redis = queue_redis or make_redis(settings.redis_url, settings.redis_timeout_s)
         app.state.index_producer = Producer(app.state.queue_redis, prefix=settings.taskkit_prefix,
                                             watermarks={QUEUE: watermarks})
+        app.state.thumb_producer = Producer(app.state.queue_redis, prefix=settings.taskkit_prefix,
+                                            watermarks={THUMB_QUEUE: thumb_wm})
         app.state.searcher = Searcher(embedder, store)  # nothing loaded until the first search
 
     async def shutdown(app: FastAPI) -> None:
@@ -92,6 +106,18 @@ def build_api(settings: Any, *, origin: Any = None, redis_client: Any = None, qu
         responses=problems.responses(401, 403, 422, 429, 500, 503, s503={
             "description": "Milvus or the embedder does not answer (`dependency-unavailable`, dependency `milvus` "
                            "or `embedder`)"}),
+    ))
+
+    app.include_router(storage_intake.build_router(
+        auth_dependency=storage_intake.token_auth(settings.storage_webhook_token, error=Unauthorized),
+        producer=lambda request: request.app.state.thumb_producer, uploads_bucket=settings.uploads_bucket,
+        responses=problems.responses(401, 413, 422, 429, 500, 503, s401={
+            "description": "missing or wrong webhook token (`unauthorized`): MinIO's auth_token must equal "
+                           "HOTPATH_STORAGE_WEBHOOK_TOKEN"}, s429={
+            "description": "the `thumb` queue is over its high watermark (`queue-full`); `retry_after_s` and "
+                           "Retry-After; nothing was enqueued (MinIO sends the event again)"}, s503={
+            "description": "the `thumb` queue's Redis does not answer (`dependency-unavailable`, dependency "
+                           "`queue`); nothing was enqueued"}),
     ))
 
     async def search_unavailable(request: Request, exc: SearchUnavailable) -> Response:

@@ -48,7 +48,20 @@ class CommonSettings(_Base):
         return v
 
 
-class StorageSettings(_Base):
+class UploadsSettings(_Base):
+    """The uploads bucket, as the thumbnail worker and the API's storage-event intake both see it."""
+
+    uploads_bucket: str = Field("uploads", description="Bucket where uploaded images land.")
+
+
+class ThumbQueueSettings(_Base):
+    """The `thumb` queue's watermarks, as its producers (the storage-event intake, `hotpath thumbs backfill`) see them."""
+
+    thumb_queue_high: int = Field(2_000, ge=2, description="High watermark of the `thumb` queue (jobs ready or running): a storage-event request that would pass it is refused whole with 429 (MinIO keeps the event in its queue_dir and sends it again); `hotpath thumbs backfill` waits.")
+    thumb_queue_low: int = Field(1_000, ge=1, description="Low watermark of the `thumb` queue: once refusing, producers are admitted again when the depth is down to it (hysteresis).")
+
+
+class StorageSettings(UploadsSettings):
     """Object storage (MinIO / any S3) settings."""
 
     s3_endpoint: str = Field(
@@ -58,7 +71,6 @@ class StorageSettings(_Base):
     s3_access_key: str = Field("minioadmin", description="S3 access key.")
     s3_secret_key: str = Field("minioadmin", description="S3 secret key.")
     s3_region: str = Field("us-east-1", description="S3 region.")
-    uploads_bucket: str = Field("uploads", description="Bucket where uploaded images land.")
     thumbnails_bucket: str = Field("thumbnails", description="Bucket the thumbnails are written to.")
 
     @field_validator("s3_endpoint")
@@ -102,7 +114,7 @@ class IndexSettings(_Base):
         return v
 
 
-class ApiSettings(CommonSettings, MilvusSettings, IndexSettings):
+class ApiSettings(CommonSettings, MilvusSettings, IndexSettings, UploadsSettings, ThumbQueueSettings):
     """`hotpath api`: the cache API, the index intake and the search (hotpath/api.py composes them)."""
 
     host: str = Field("127.0.0.1", description="Address the API binds to.")
@@ -158,6 +170,15 @@ class ApiSettings(CommonSettings, MilvusSettings, IndexSettings):
     # index intake (index_worker/intake.py): a request is admitted whole only if it fits under the high watermark
     index_queue_high: int = Field(10_000, ge=2, description="High watermark of the `index` queue (jobs ready or running): an index request that would pass it is refused whole with 429 and Retry-After.")
     index_queue_low: int = Field(5_000, ge=1, description="Low watermark of the `index` queue: once refusing, intake accepts again when the depth is down to it (hysteresis).")
+    # storage-event intake (thumb_worker/intake.py): MinIO's bucket-notification webhook
+    storage_webhook_token: str = Field("", description="Shared secret MinIO sends as `Authorization: Bearer <token>` to POST /v1/storage-events (the webhook target's `auth_token`), at least 16 characters; empty turns the route off (every call 401).")
+
+    @field_validator("storage_webhook_token")
+    @classmethod
+    def _webhook_token_length(cls, v: str) -> str:
+        if v and len(v) < 16:
+            raise ValueError("must be at least 16 characters (or empty to turn the storage-event webhook off)")
+        return v
 
     @field_validator("origin_url")
     @classmethod
@@ -200,6 +221,8 @@ class ThumbWorkerSettings(CommonSettings, StorageSettings):
     thumb_max_pixels: int = Field(50_000_000, ge=1, description="Largest source accepted, width × height × frames, read from the header before decoding (decompression bombs); larger → dead-lettered.")
     thumb_time_limit_s: float = Field(30.0, gt=0, le=240, description="Time limit of one source's decode and thumbnails, seconds (at most 240: a job's own limit is 300 s); past it the decoder process is killed and the job dead-lettered.")
     thumb_s3_timeout_s: float = Field(10.0, gt=0, description="Read timeout of each S3 call of the thumbnail worker, seconds (connect timeout: 5 s).")
+    thumb_metrics_port: int = Field(9102, ge=0, le=65535, description="Port of the thumbnail worker's Prometheus /metrics (thumbnail counters, latencies, taskkit's `thumb` queue); 0 turns it off. A port in use is logged and skipped.")
+    thumb_metrics_host: str = Field("127.0.0.1", description="Address the thumbnail worker's /metrics binds to (0.0.0.0 to be scraped from other hosts).")
 
     @field_validator("thumbnails_bucket")
     @classmethod
@@ -223,6 +246,10 @@ class ThumbWorkerSettings(CommonSettings, StorageSettings):
         return sorted(set(v))
 
 
+class ThumbBackfillSettings(ThumbWorkerSettings, ThumbQueueSettings):
+    """`hotpath thumbs backfill`: enqueues the sources whose thumbnails are missing or stale (the worker's buckets and spec)."""
+
+
 class OpsSettings(CommonSettings):
     """`hotpath queue|retry|dlq`: the operators' CLI."""
 
@@ -244,6 +271,7 @@ ALL_SETTINGS: dict[str, type[BaseSettings]] = {
     "api": ApiSettings,
     "worker index": IndexWorkerSettings,
     "worker thumb": ThumbWorkerSettings,
+    "thumbs backfill": ThumbBackfillSettings,
     "queue/retry/dlq": OpsSettings,
     "search": SearchSettings,
     "dev": DevSettings,

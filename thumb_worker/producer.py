@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from taskkit.idempotency import Enqueued
-from taskkit.producer import Producer
+from taskkit.producer import JobSpec, Producer
 
 QUEUE = "thumb"
 THUMBNAIL_TASK = "thumbnail"
@@ -29,10 +29,22 @@ async def enqueue_thumbnail(producer: Producer, bucket: str, key: str, etag: str
     The same (bucket, key, ETag) is one job while queued and for the producer's idempotency window after it
     ran; pass `settings_hash` (ThumbConfig.settings_hash) when re-enqueueing after a settings change, so the
     job is not taken for the one already done. Raises QueueFull(retry_after) over the high watermark."""
+    job = thumbnail_job(bucket, key, etag, size, settings_hash=settings_hash)
+    return await producer.enqueue(THUMBNAIL_TASK, *job.args, _queue=QUEUE, _idempotency_key=job.idempotency_key)
+
+
+def thumbnail_job(bucket: str, key: str, etag: str, size: int | None = None, *,
+                  settings_hash: str | None = None) -> JobSpec:
+    """One `thumbnail` job for Producer.enqueue_many (the intake and the backfill enqueue many at once)."""
     idem = idempotency_key(bucket, key, etag)
     if settings_hash:
         idem = f"{idem}#{settings_hash}"
-    return await producer.enqueue(THUMBNAIL_TASK, bucket, key, etag, size, _queue=QUEUE, _idempotency_key=idem)
+    return JobSpec(args=(bucket, key, etag, size), idempotency_key=idem)
+
+
+def removal_job(bucket: str, key: str) -> JobSpec:
+    """One `remove_thumbnails` job for Producer.enqueue_many (no idempotency key: see enqueue_removal)."""
+    return JobSpec(args=(bucket, key))
 
 
 async def enqueue_removal(producer: Producer, bucket: str, key: str) -> Enqueued:
