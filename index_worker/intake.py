@@ -91,7 +91,10 @@ def wire_model(text_max_bytes: int, dim: int | None) -> type[BaseModel]:
         @field_validator("text")
         @classmethod
         def _text_size(cls, v: str) -> str:
-            size = len(v.encode())
+            try:
+                size = len(v.encode())
+            except UnicodeEncodeError:  # JSON may carry a lone surrogate ("\ud800"), which no index can store
+                raise ValueError("text must be valid Unicode (it holds a lone surrogate)") from None
             if size > text_max_bytes:
                 raise ValueError(f"text is {size} bytes in UTF-8; the index takes at most {text_max_bytes} "
                                  "(HOTPATH_INDEX_TEXT_MAX_BYTES)")

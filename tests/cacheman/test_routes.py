@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from cacheman.app import create_app
 from cacheman.auth import mint_token
 from cacheman.origin.sql import SqlOrigin
+from hotpath.api import build_api
 from hotpath.settings import ApiSettings
 from tests.cacheman.conftest import running
 
@@ -24,21 +25,26 @@ T, OTHER = "acme", "globex"
 PROBLEM = "application/problem+json"
 
 
-def token(tenants=(T,), scope="cache:read cache:write") -> dict[str, str]:
+def token(tenants=(T,), scope="cache:read cache:write index:write") -> dict[str, str]:
     return {"Authorization": "Bearer " + mint_token(SECRET, kid="t1", sub="chat", tenants=list(tenants), scope=scope, ttl_s=600)}
 
 
 @pytest.fixture
-async def api(redis_url, key_prefix, sqlite_url):
+async def api(redis_url, key_prefix, sqlite_url, milvus_uri):
+    # The API as `hotpath api` serves it (hotpath/api.py): the cache routes, the index intake and the search
+    # (hashing embedder; the collection is this test's own, made on its first search).
     settings = ApiSettings(
         redis_url=redis_url, redis_prefix=key_prefix.rstrip(":"), origin_url=sqlite_url, jwt_keys={"t1": SECRET},
-        rate_limit_per_s=100_000, rate_limit_burst=100_000, max_body_bytes=64 * 1024,
+        rate_limit_per_s=100_000, rate_limit_burst=100_000, max_body_bytes=64 * 1024, taskkit_prefix=key_prefix,
+        milvus_uri=milvus_uri, milvus_collection="r_" + key_prefix.split(":")[1], embedder="hash",
     )
     origin = SqlOrigin(sqlite_url)
-    app = create_app(settings, origin=origin)
+    app = build_api(settings, origin=origin)
     async with running(app) as client:
         client.origin = origin
         yield client
+        if app.state.searcher.store is not None:
+            await app.state.searcher.store.drop_collection()
     await origin.aclose()
 
 
@@ -176,10 +182,15 @@ def operations(app) -> list[tuple[str, str]]:
 
 
 def example_request(spec: dict, method: str, template: str, tenant: str) -> tuple[str, dict | None]:
-    """A valid request for an operation: ids from PARAMS, the body from its model's published example."""
+    """A valid request for an operation: ids from PARAMS, required query parameters and the body from their
+    published examples."""
     params = {"tenant": tenant, **PARAMS}
     names = [part[1:-1] for part in template.split("/") if part.startswith("{")]
     assert set(names) <= set(params), f"{template}: add a value for {set(names) - set(params)} to PARAMS"
+    query = [p for p in spec["paths"][template][method.lower()].get("parameters", []) if p["in"] == "query" and p["required"]]
+    for p in query:
+        assert p["schema"].get("examples"), f"{template}: give query parameter {p['name']!r} an example"
+    suffix = "?" + "&".join(f"{p['name']}={p['schema']['examples'][0]}" for p in query) if query else ""
     body = None
     request_body = spec["paths"][template][method.lower()].get("requestBody")
     if request_body is not None:
@@ -187,20 +198,36 @@ def example_request(spec: dict, method: str, template: str, tenant: str) -> tupl
         examples = spec["components"]["schemas"][ref].get("examples")
         assert examples, f"{template}: give {ref} an example (json_schema_extra) so the route can be walked"
         body = examples[0]
-    return template.format(**params), body
+    return template.format(**params) + suffix, body
 
 
 def app_for_walk():
-    return create_app(ApiSettings(jwt_keys={"t1": SECRET}))
+    return build_api(ApiSettings(jwt_keys={"t1": SECRET}))
 
 
-@pytest.mark.parametrize(("method", "template"), operations(app_for_walk()))
+# Every route answers 200, but the intakes, which answer 202 (enqueued, not yet done).
+ACCEPTED = {("POST", "/v1/{tenant}/index"), ("POST", "/v1/storage-events")}
+
+
+def success_status(spec: dict, method: str, template: str) -> int:
+    """The 2xx an operation must declare, and answer."""
+    ok = 202 if (method, template) in ACCEPTED else 200
+    assert [s for s in spec["paths"][template][method.lower()]["responses"] if s.startswith("2")] == [str(ok)]
+    return ok
+
+
+# Routes outside /v1/{tenant} that are not public: webhooks authenticated by their own shared token instead of a
+# tenant's JWT (MinIO's storage events: tests/thumb_worker/test_intake.py), refusing a request without it.
+WEBHOOKS = {("POST", "/v1/storage-events")}
+
+
+@pytest.mark.parametrize(("method", "template"), [op for op in operations(app_for_walk()) if op not in WEBHOOKS])
 async def test_a_token_for_one_tenant_never_reads_another(api, method, template):
     assert "{tenant}" in template, f"{template}: a non-public route outside /v1/{{tenant}}: decide how it is isolated"
     spec = (await api.get("/openapi.json")).json()
     path, body = example_request(spec, method, template, T)
     own = await api.request(method, path, headers=token(), json=body)
-    assert own.status_code == 200, own.text
+    assert own.status_code == success_status(spec, method, template), own.text
     other_path, _ = example_request(spec, method, template, OTHER)
     other = await api.request(method, other_path, headers=token(), json=body)
     assert other.status_code == 403 and other.headers["content-type"] == PROBLEM
@@ -212,8 +239,17 @@ async def test_a_token_for_one_tenant_never_reads_another(api, method, template)
 
 
 def test_the_route_walk_sees_every_cache_route():
-    """The walk above is only as good as the route table it reads: it must see the eight cache routes."""
-    assert len(operations(app_for_walk())) == 8
+    """The walk above is only as good as the route table it reads: it must see the eight cache routes, the index
+    intake and the search (and the storage webhook, outside it)."""
+    assert len(operations(app_for_walk())) == 8 + 2 + len(WEBHOOKS)
+
+
+@pytest.mark.parametrize(("method", "template"), sorted(WEBHOOKS))
+async def test_a_webhook_refuses_a_request_without_its_token(api, method, template):
+    res = await api.request(method, template, json={})
+    assert res.status_code == 401 and res.json()["type"] == "urn:hotpath:error:unauthorized"
+    tenant_token = await api.request(method, template, headers=token(tenants=("*",)), json={})
+    assert tenant_token.status_code == 401  # a tenant JWT is not the webhook's token
 
 
 async def test_events_need_the_write_scope(api):
@@ -281,11 +317,14 @@ def test_openapi_documents_every_route_with_its_headers_and_problem_responses():
     spec = app.openapi()
     for method, template in operations(app):
         op = spec["paths"][template][method.lower()]
-        expected = {"200", "401", "403", "422", "429", "500", "503"} | ({"413"} if method == "POST" else set())
+        expected = {str(success_status(spec, method, template)), "401", "403", "422", "429", "500", "503"} | (
+            {"413"} if method == "POST" else set())
+        if (method, template) in WEBHOOKS:
+            expected.discard("403")  # one shared token: no tenant or scope to be refused
         if template.startswith("/v1/{tenant}/rooms/{room_id}"):
             expected.add("404")
         assert set(op["responses"]) == expected, (method, template)
-        for status in expected - {"200"}:
+        for status in expected - {str(success_status(spec, method, template))}:
             assert op["responses"][status]["content"] == {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     assert "HTTPValidationError" not in spec["components"]["schemas"]  # FastAPI's default 422 body is not what we send
     assert set(spec["components"]["schemas"]["Problem"]["required"]) == {"type", "title", "status", "detail", "instance", "request_id"}

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def live_api(tmp_path, redis_url, key_prefix):
+def live_api(tmp_path, redis_url, key_prefix, milvus_uri):
     from cacheman.auth import mint_token
 
     origin = f"sqlite+aiosqlite:///{tmp_path / 'origin.db'}"
@@ -35,6 +35,11 @@ def live_api(tmp_path, redis_url, key_prefix):
         HOTPATH_PORT=str(port),
         HOTPATH_JWT_KEYS=f'{{"st": "{secret}"}}',
         HOTPATH_LOG_LEVEL="WARNING",
+        # The index intake and the search too: jobs under the test's prefix, the hashing embedder, its own collection.
+        HOTPATH_TASKKIT_PREFIX=key_prefix,
+        HOTPATH_EMBEDDER="hash",
+        HOTPATH_MILVUS_URI=milvus_uri,
+        HOTPATH_MILVUS_COLLECTION="st_" + key_prefix.split(":")[1],
     )
     proc = subprocess.Popen([str(BIN / "hotpath"), "api"], env=env, cwd=tmp_path, stderr=open(tmp_path / "api.log", "wb"))
     try:
