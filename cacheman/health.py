@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from cacheman.redisconn import SINGLE_NODE
 
 log = logging.getLogger("cacheman.health")
@@ -18,6 +20,14 @@ log = logging.getLogger("cacheman.health")
 
 def _single(key: str) -> str:
     return SINGLE_NODE
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """An open connection dropped (not a node refusing or timing out): a killed node's in-flight commands, and
+    the commands RedisCluster cut itself when it closes every node's connections to reload the slot map after
+    one node failed. That request bypasses; a window opens only when the node is found unreachable (connect
+    refused or timed out) or slow, so one dead master does not close the healthy masters' windows too."""
+    return isinstance(exc, RedisConnectionError) and "connecting to" not in str(exc)
 
 
 class RedisHealth:
@@ -61,6 +71,9 @@ class RedisHealth:
         self.node_failed(self.node_of(key), exc)
 
     def node_failed(self, node: str, exc: BaseException) -> None:
+        if lost_connection(exc):
+            log.debug("redis node %s: a connection dropped (%s); no window", node, exc)
+            return
         if node not in self._down:
             where = f" node {node}" if node else ""
             if not self.quiet:

@@ -17,7 +17,9 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
@@ -69,6 +71,25 @@ def seed_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return nodes, kwargs
 
 
+class _Closable:
+    """RedisCluster (redis-py 5.3) closes every node's connections when one node fails, including connections other
+    tasks are writing to; such a write then fails with AttributeError (its writer is gone). Raise the
+    ConnectionError it is instead, which redis-py retries on a fresh connection (and never becomes a 500)."""
+
+    async def _send_packed_command(self, command) -> None:
+        if self._writer is None:
+            raise RedisConnectionError(f"connection to {self.host}:{self.port} was closed while in use")
+        await super()._send_packed_command(command)
+
+
+class ClusterConnection(_Closable, Connection):
+    pass
+
+
+class SSLClusterConnection(_Closable, SSLConnection):
+    pass
+
+
 def open_redis(cfg: RedisConfig) -> AnyRedis:
     """The cache's client. Cluster: redis-py's RedisCluster over the seed nodes, with few internal retries —
     our per-node health window (health.py) decides when to try a failing node again, and a request must not
@@ -81,7 +102,7 @@ def open_redis(cfg: RedisConfig) -> AnyRedis:
                              "set HOTPATH_REDIS_CLUSTER=true for a Redis Cluster, or give one URL")
         return aioredis.Redis.from_url(cfg.url, health_check_interval=15, **common)
     nodes, kwargs = seed_nodes(cfg.url)
-    return RedisCluster(
+    client = RedisCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in nodes],
         require_full_coverage=False,  # a master down must not stop the client from using the other slots
         cluster_error_retry_attempts=2,
@@ -89,6 +110,10 @@ def open_redis(cfg: RedisConfig) -> AnyRedis:
         **common,
         **kwargs,
     )
+    # The nodes found by every (re)load of the slot map are built from these kwargs (RedisCluster hard-codes the
+    # connection class in its constructor).
+    client.get_connection_kwargs()["connection_class"] = SSLClusterConnection if kwargs["ssl"] else ClusterConnection
+    return client
 
 
 def is_cluster(redis: Any) -> bool:
