@@ -6,13 +6,13 @@ Why a lease over claim→write→re-check: the re-check's repair needs the newer
 its own job has; a lease orders the writes instead. Its TTL must exceed the longest write (the store's bounded
 timeout × chunks): a write is only unfenced if it outlives its lease, which confirm() then reports as `lost`.
 
-State per message (hash `{prefix}{tenant:message}:g`): `v` newest version claimed, `op` u|d, `done` newest
+State per message (hash `{prefix}{tenant/message}:g`): `v` newest version claimed, `op` u|d, `done` newest
 version written. Tombstones (op d) expire after `tombstone_ttl_s` (default 7 days): an upsert older than a
 delete that arrives later than that is no longer recognised as stale. Upsert states are kept (or expire after
 `upsert_ttl_s` when set). Both keys of a message share a hash tag; a batch is one script call (the guard lives
 on the queue's Redis, one primary, like ARQ's keys).
 
-Rooms: `delete_room` leaves a room tombstone (`{prefix}{tenant:room}:rd`, same TTL as message tombstones) set
+Rooms: `delete_room` leaves a room tombstone (`{prefix}{tenant/room}:rd`, same TTL as message tombstones) set
 before the room's rows are deleted; upserts into a tombstoned room are stale. A write racing the deletion is
 fenced by a re-check after the write (indexer.py): either it sees the tombstone and deletes its own rows, or it
 finished before the tombstone was set, hence before the room's delete, which removes it.
@@ -113,11 +113,13 @@ class VersionGuard:
         self._confirm = redis.register_script(_source("guard_confirm"))
         self._known = redis.register_script(_source("guard_known"))
 
+    # `{tenant/message}`: ids may contain `:` but no tenant id contains `/` (store.py message_pk), so two
+    # tenants' messages never share a key.
     def state_key(self, tenant_id: str, message_id: str) -> str:
-        return f"{self.prefix}{{{tenant_id}:{message_id}}}:g"
+        return f"{self.prefix}{{{tenant_id}/{message_id}}}:g"
 
     def lease_key(self, tenant_id: str, message_id: str) -> str:
-        return f"{self.prefix}{{{tenant_id}:{message_id}}}:l"
+        return f"{self.prefix}{{{tenant_id}/{message_id}}}:l"
 
     def _keys(self, events: Sequence[Versioned]) -> list[str]:
         keys: list[str] = []
@@ -166,7 +168,7 @@ class VersionGuard:
             await self._confirm(keys=self._keys(events), args=[claim.token, "0", *(int(e.version) for e in events)])
 
     def room_key(self, tenant_id: str, room_id: str) -> str:
-        return f"{self.prefix}{{{tenant_id}:{room_id}}}:rd"
+        return f"{self.prefix}{{{tenant_id}/{room_id}}}:rd"
 
     async def delete_rooms(self, rooms: Sequence[tuple[str, str]]) -> None:
         """Tombstone (tenant, room) pairs for `tombstone_ttl_s`: from now on their upserts are stale."""

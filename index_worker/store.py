@@ -63,9 +63,13 @@ def quiet_pymilvus_logs() -> None:
         child.propagate = True
 
 
+PK_SEPARATOR = "/"  # no tenant id may contain it (row_problem), so `{tenant}/{message}` is unambiguous
+
+
 def message_pk(tenant_id: str, message_id: str) -> str:
-    """The tenant-scoped primary key: two tenants may both have a message `m1`, neither overwrites the other."""
-    return f"{tenant_id}:{message_id}"
+    """The tenant-scoped primary key: two tenants may both have a message `m1`, neither overwrites the other.
+    `/`, not `:`: ids may contain `:`, and tenant `a:b`'s message `c` must not be tenant `a`'s message `b:c`."""
+    return f"{tenant_id}{PK_SEPARATOR}{message_id}"
 
 
 def quote(value: str) -> str:
@@ -131,6 +135,8 @@ def row_problem(row: MessageRow, dim: int, text_max_bytes: int) -> str | None:
         problem = _id_problem(field, getattr(row, field))
         if problem:
             return problem
+    if PK_SEPARATOR in row.tenant_id:
+        return f"tenant_id must not contain {PK_SEPARATOR!r}"
     if not isinstance(row.text, str):
         return "text must be a string"
     size = len(row.text.encode())

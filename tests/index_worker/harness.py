@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from index_worker.indexer import IndexEvent
-from index_worker.store import MilvusStore
+from index_worker.store import MilvusStore, message_pk
 from taskkit import Inspector, JobSpec, Keys, Producer
 
 BIN = Path(sys.executable).parent
@@ -138,5 +138,5 @@ async def queue_idle(redis: Redis, prefix: str) -> bool:
 
 
 async def rows(store: MilvusStore, tenant: str, message_ids: list[str]) -> dict[str, dict]:
-    got = await store.get([f"{tenant}:{m}" for m in message_ids])
+    got = await store.get([message_pk(tenant, m) for m in message_ids])
     return {r["message_id"]: r for r in got}

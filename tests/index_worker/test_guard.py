@@ -119,6 +119,9 @@ async def test_known_for_backfill(guard):
 
 def test_keys_of_one_message_share_a_hash_tag(guard):
     s, lease = guard.state_key("acme", "m1"), guard.lease_key("acme", "m1")
-    assert s.endswith("{acme:m1}:g") and lease.endswith("{acme:m1}:l")
+    assert s.endswith("{acme/m1}:g") and lease.endswith("{acme/m1}:l")
+    # ids may contain ':': tenant a:b's message c is not tenant a's message b:c
+    assert guard.state_key("a:b", "c") != guard.state_key("a", "b:c")
+    assert guard.room_key("a:b", "c") != guard.room_key("a", "b:c") != guard.state_key("a", "b:c")
     with pytest.raises(ValueError, match="braces"):
         VersionGuard(guard.redis, "bad{prefix}:")

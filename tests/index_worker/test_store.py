@@ -48,6 +48,15 @@ async def test_tenant_isolation_same_message_ids(store, embedder):
     assert {h.message_id for h in await store.search("B", embedder.embed_one("alpha"), limit=10)} == {"m2"}
 
 
+async def test_ids_with_colons_never_collide_across_tenants(store, embedder):
+    # The primary key is `{tenant}/{message}`: tenant a:b's message c and tenant a's message b:c are two rows.
+    await store.upsert([row("a:b", "c", 1, "first tenant", embedder), row("a", "b:c", 1, "second tenant", embedder)])
+    assert (await store.count("a:b"), await store.count("a")) == (1, 1)
+    assert [h.text for h in await store.search("a", embedder.embed_one("tenant"), limit=10)] == ["second tenant"]
+    with pytest.raises(MilvusPermanent, match="tenant_id must not contain '/'"):
+        await store.upsert([row("a/b", "c", 1, "x", embedder)])
+
+
 async def test_search_by_room_and_delete_room(store, embedder):
     await store.upsert(
         [row("t", f"m{i}", 1, f"note number {i}", embedder, room="r1" if i % 2 else "r2") for i in range(6)]
