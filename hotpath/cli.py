@@ -11,7 +11,7 @@ from enum import StrEnum
 
 import typer
 
-from hotpath import queue_cli, search_cli
+from hotpath import queue_cli, search_cli, thumbs_cli
 from hotpath.settings import SettingsError
 
 app = typer.Typer(
@@ -88,7 +88,14 @@ def worker(kind: WorkerKind = typer.Argument(..., help="Which worker: index (Mil
     if kind is WorkerKind.index:
         from index_worker.worker import build_worker_settings
     else:
+        import logging
+        import os
+
         from thumb_worker.worker import build_worker_settings
+
+        if "MALLOC_ARENA_MAX" not in os.environ:  # glibc reads it only at process start: say so, do not set it
+            logging.getLogger("thumb_worker").warning("MALLOC_ARENA_MAX is not set: start the worker with "
+                                                      "MALLOC_ARENA_MAX=2 to bound its memory (README: Thumbnails)")
     from taskkit.fastworker import run_worker
 
     # taskkit's FastWorker on uvloop (batched job claims and ends on ARQ's keys); `arq ...WorkerSettings`
@@ -205,6 +212,7 @@ def settings_cmd(
 # import must fail the command loudly, not silently drop the verbs.
 queue_cli.register(app)
 search_cli.register(app)
+thumbs_cli.register(app)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """`hotpath dev`: the whole stack on embedded defaults, as one supervised group of processes.
 
-Every part is a child process (Valkey, moto's S3 server, `milvus-lite server`, the API, both workers),
+Every part is a child process (Valkey, moto's S3 server, `milvus-lite server`, the API, both workers, and a
+scan of the uploads bucket every few seconds standing in for MinIO's bucket notifications, which moto never sends),
 so one code path serves dev and production: the API and workers reach each part over the network,
 exactly as they would reach real servers. A part whose URL setting is set (in the environment or `.env`) is
 used as is and not started; SERVICES describes each part once.
@@ -23,6 +24,9 @@ from pathlib import Path
 
 from hotpath.settings import ENV_PREFIX
 from hotpath.supervisor import Child, Supervisor, say
+
+# How often dev's stand-in for bucket notifications scans the uploads bucket for sources without thumbnails.
+THUMB_SCAN_S = 2.0
 
 
 class DevError(Exception):
@@ -286,7 +290,15 @@ def run_dev(settings) -> int:
         hp = _bin("hotpath")
         sup.add(Child("api", [hp, "api"], app_env, None, infra=False))
         sup.add(Child("worker-index", [hp, "worker", "index"], app_env, None, infra=False))
-        sup.add(Child("worker-thumb", [hp, "worker", "thumb"], app_env, None, infra=False))
+        # glibc's per-thread malloc arenas hold freed decode buffers; two arenas keep the worker's RSS bounded.
+        sup.add(Child("worker-thumb", [hp, "worker", "thumb"], dict(app_env, MALLOC_ARENA_MAX="2"), None, infra=False))
+        embedded_s3 = not next(s for s in SERVICES if s.name == "s3").configured(settings)
+        if embedded_s3:  # a real MinIO sends bucket notifications (README: Thumbnails); moto does not
+            sup.add(Child("thumbs-scan", [hp, "thumbs", "backfill", "--watch", str(THUMB_SCAN_S), "--quiet"], app_env,
+                          None, infra=False))
+            parts.append(("thumbs", f"uploads to {settings.uploads_bucket} get thumbnails in "
+                                    f"{settings.thumbnails_bucket} (a scan every {THUMB_SCAN_S:g}s stands in for "
+                                    "bucket notifications)"))
 
         api = f"http://{host}:{settings.port}"
         if not _wait_ready(f"{api}/readyz", sup, 90):

@@ -172,3 +172,19 @@ def test_readme_names_every_required_variable():
     section = readme.split("## Secrets", 1)[1].split("\n## ", 1)[0] if "## Secrets" in readme else ""
     for var in required:
         assert f"`{var}`" in section, f"README's Secrets section does not say to set {var}"
+
+
+def test_minio_posts_its_events_to_the_storage_event_route_with_the_api_token():
+    from thumb_worker.intake import PATH
+
+    minio, api = COMPOSE["services"]["minio"]["environment"], COMPOSE["services"]["api"]["environment"]
+    target = "hotpath"
+    assert minio[f"MINIO_NOTIFY_WEBHOOK_ENABLE_{target}"] == "on"
+    assert minio[f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{target}"] == f"http://api:{api['HOTPATH_PORT']}{PATH}"
+    token = minio[f"MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_{target}"]
+    assert token == api["HOTPATH_STORAGE_WEBHOOK_TOKEN"] and REQUIRED_VAR.fullmatch(token)
+    queue_dir = minio[f"MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_{target}"]  # events survive a restart: on a volume
+    assert any(v.split(":")[1] == queue_dir for v in COMPOSE["services"]["minio"]["volumes"])
+    buckets = " ".join(COMPOSE["services"]["minio-buckets"]["command"])
+    assert f"mc event add --ignore-existing local/uploads arn:minio:sqs::{target}:webhook --event put,delete" in buckets
+    assert COMPOSE["services"]["thumb-worker"]["environment"]["MALLOC_ARENA_MAX"] == "2"

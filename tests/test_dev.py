@@ -94,6 +94,22 @@ def test_dev_stack_end_to_end(tmp_path):
         assert codes == ["200", "200", "200"], (codes, curls)
         assert any("/members/" in c for c in curls), "one printed command must be a cache lookup"
 
+        # an image uploaded to the dev stack's S3 gets its thumbnails with no extra step (dev's scan stands in for
+        # the bucket notifications moto does not send)
+        import io
+
+        from tests.thumb_worker import images
+        from thumb_worker.storage import make_minio
+
+        s3 = make_minio(re.search(r"s3\s+(http://\S+)", banner).group(1), "minioadmin", "minioadmin")
+        data = images.photo(640, 480).jpegsave_buffer()
+        s3.put_object("uploads", "dev/photo one.jpg", io.BytesIO(data), len(data))
+        want = ["dev/photo one.jpg/1024.webp", "dev/photo one.jpg/256.webp", "dev/photo one.jpg/64.webp"]
+        deadline = time.monotonic() + 30
+        while sorted(o.object_name for o in s3.list_objects("thumbnails", recursive=True)) != want:
+            assert time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.3)
+
         # a second instance on the same port: one line about the port, not a traceback
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOTPATH_")}
         env.update(HOTPATH_PORT=str(port), HOTPATH_DATA_DIR=str(tmp_path / "other"))

@@ -30,6 +30,8 @@ class ThumbConfig:
     s3_timeout_s: float = 10.0  # HOTPATH_THUMB_S3_TIMEOUT_S
     concurrency: int = 4  # HOTPATH_THUMB_CONCURRENCY
     tmp_dir: str | None = None  # where sources are spooled while decoded (None: the system's temp dir)
+    metrics_host: str = "127.0.0.1"  # HOTPATH_THUMB_METRICS_HOST
+    metrics_port: int = 0  # HOTPATH_THUMB_METRICS_PORT (0: not served)
 
     def __post_init__(self) -> None:
         if self.uploads_bucket == self.thumbnails_bucket:
@@ -45,7 +47,8 @@ class ThumbConfig:
                          max_pixels=s.thumb_max_pixels)
         return cls(uploads_bucket=s.uploads_bucket, thumbnails_bucket=s.thumbnails_bucket, spec=spec,
                    max_bytes=s.thumb_max_bytes, time_limit_s=s.thumb_time_limit_s, s3_timeout_s=s.thumb_s3_timeout_s,
-                   concurrency=s.thumb_concurrency)
+                   concurrency=s.thumb_concurrency, metrics_host=s.thumb_metrics_host,
+                   metrics_port=s.thumb_metrics_port)
 
     @property
     def settings_hash(self) -> str:

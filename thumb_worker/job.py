@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import urllib3
@@ -54,6 +54,16 @@ def _s3_failure(exc: BaseException, what: str) -> Exception:
     if isinstance(exc, InvalidResponseError):
         return TransientError(f"{what}: S3 sent an invalid response ({str(exc)[:200]})")
     return TransientError(f"{what}: object storage unavailable ({type(exc).__name__}: {str(exc)[:200]})")
+
+
+def _take(items: Iterator[Any], n: int) -> list[Any]:
+    """Up to `n` more items of a (blocking) iterator."""
+    out = []
+    for item in items:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out
 
 
 _S3_ERRORS = (S3Error, ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError)
@@ -100,6 +110,14 @@ class ThumbJobs:
             if got != want:
                 return False
         return True
+
+    async def sources(self, prefix: str = "", page: int = 100) -> AsyncIterator[list[tuple[str, str]]]:
+        """(key, ETag) of every object under `prefix` of the uploads bucket, a page at a time (for the backfill):
+        listed lazily, each page fetched in a thread."""
+        bucket = self.config.uploads_bucket
+        listing = self.s3.list_objects(bucket, prefix=prefix or None, recursive=True)  # a generator: no call yet
+        while objs := await self._call("list", f"list {bucket}/{prefix}", _take, listing, page):
+            yield [(o.object_name, normalize_etag(o.etag or "")) for o in objs if not o.is_dir]
 
     async def make(self, bucket: str, key: str, etag: str | None = None, size: int | None = None) -> dict[str, Any]:
         """Make (or confirm) the thumbnails of object `key` of `bucket`; returns what was done.

@@ -3,8 +3,8 @@
 
 Runnable as `hotpath worker thumb` or `arq thumb_worker.worker.WorkerSettings`. On start it checks that the
 buckets differ, that object storage answers and both buckets exist, and that a decoder starts with libvips
-configured, naming the setting to fix if not. Everything both workers share is taskkit's
-`service_worker_settings`; this module holds only what is the thumbnail worker's own.
+configured, naming the setting to fix if not; it serves /metrics on HOTPATH_THUMB_METRICS_PORT. Everything both
+workers share is taskkit's `service_worker_settings`; this module holds only what is the thumbnail worker's own.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from taskkit import RetryPolicy, task
 from taskkit.worker import service_worker_settings
+from thumb_worker import metrics
 from thumb_worker.config import ThumbConfig
 from thumb_worker.decoder import DecoderPool
 from thumb_worker.job import ThumbJobs
@@ -55,6 +56,7 @@ class ThumbService:
 
     async def start(self, settings) -> None:
         cfg = self.config
+        metrics.serve(cfg.metrics_host, cfg.metrics_port)
         client = minio_from_settings(settings, connect_timeout_s=min(DEFAULT_CONNECT_TIMEOUT_S, cfg.s3_timeout_s),
                                      read_timeout_s=cfg.s3_timeout_s)
         try:

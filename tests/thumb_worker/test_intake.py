@@ -9,6 +9,7 @@ import copy
 import io
 from urllib.parse import quote_plus
 
+import httpx
 import pydantic
 import pytest
 from arq.jobs import Job
@@ -284,12 +285,19 @@ async def test_a_created_event_becomes_thumbnails_end_to_end(s3, s3_endpoint, bu
         res = await api.post(PATH, headers=AUTH, json=minio_event(bucket=up, etag=etag, size=len(data)))
     assert res.json()["accepted"] == 1, res.text
     job_id, _ = await job_of(redis, key_prefix, up, KEY, etag)
-    proc = start_worker(redis_url, key_prefix, s3_endpoint, buckets, tmp_path / "w.log")
+    metrics_port = free_port()
+    proc = start_worker(redis_url, key_prefix, s3_endpoint, buckets, tmp_path / "w.log", thumb_metrics_port=metrics_port)
     try:
         status, result = await outcome(redis, key_prefix, job_id, timeout=90)
+        async with httpx.AsyncClient() as client:  # the worker's own /metrics (HOTPATH_THUMB_METRICS_PORT)
+            scraped = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
     finally:
         assert await stop_worker(proc) == 0, (tmp_path / "w.log").read_text()[-3000:]
     assert status == "ok" and result["status"] == "made", result
     sizes = {t["key"]: (t["width"], t["height"]) for t in result["thumbnails"]}
     assert sizes == {f"{KEY}/64.webp": (43, 64), f"{KEY}/256.webp": (171, 256), f"{KEY}/1024.webp": (683, 1024)}
     assert sorted(o.object_name for o in s3.list_objects(th, recursive=True)) == sorted(sizes)
+    for line in ('hotpath_thumbnails_made_total{size="64"} 1.0', 'hotpath_thumbnail_sources_total{outcome="made"} 1.0',
+                 'taskkit_jobs_completed_total{queue="thumb",task="thumbnail"} 1.0'):
+        assert line in scraped, line
+    assert 'hotpath_thumbnail_pipeline_seconds_count{stage="total"} 1.0' in scraped
