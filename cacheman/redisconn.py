@@ -184,6 +184,7 @@ class NodeSubscriber:
         self.client_name = client_name
         self._credentials = seed_nodes(cfg.url)[1]
         self._clients: list[aioredis.Redis] = []
+        self._closing: set[asyncio.Task] = set()  # old clients being closed (a task nobody references may be collected)
         self._turn = random.randrange(1 << 16)
         self.node_name = ""  # where the current subscription is (tests, logs)
 
@@ -202,10 +203,16 @@ class NodeSubscriber:
                                 client_name=self.client_name, **self._credentials)
         for old in self._clients:
             task = asyncio.ensure_future(old.aclose())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._closing.add(task)
+            task.add_done_callback(self._closed)
         self._clients = [client]
         self.node_name = f"{host}:{port}"
         return client.pubsub()
+
+    def _closed(self, task: asyncio.Task) -> None:
+        self._closing.discard(task)
+        if not task.cancelled():
+            task.exception()  # a failed close of a dead node's client is expected: retrieved, not logged
 
     async def aclose(self) -> None:
         for c in self._clients:
