@@ -20,19 +20,22 @@ $(VENV)/.runtime: pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/pip install --quiet -c $(LOCK) -e .
 	touch $@
 
+# The test environment takes the bench extra too (Pillow, the thumbnail bench's baseline), so it is exactly the lock.
 $(VENV)/.test: pyproject.toml $(LOCK) | $(BIN)/python
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test,bench]'
 	touch $(VENV)/.runtime $@
 
 # Re-resolve $(LOCK) from pyproject.toml (newest releases its ranges admit) in a throwaway venv holding only
 # pip-tools, never from .venv. torch's `+cpu` label is dropped: PyPI has no such file, and `==2.13.0` still admits
 # the CPU build that pip finds on this machine's disk or the Dockerfile takes from the CPU index.
+# `make lock LOCK_UPGRADE=` keeps every existing pin and only adds what a new dependency needs.
 PIP_TOOLS := pip==26.3 pip-tools==7.6.2
+LOCK_UPGRADE ?= --upgrade
 lock:
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(PY) -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/pip" install --quiet $(PIP_TOOLS); \
-	CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/venv/bin/pip-compile" --quiet --upgrade --extra test \
+	CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/venv/bin/pip-compile" --quiet $(LOCK_UPGRADE) --extra test --extra bench \
 	  --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 	  -o $(LOCK) pyproject.toml; \
 	sed -i -E 's/^(torch==[^+]+)\+cpu$$/\1/' $(LOCK); \
@@ -56,6 +59,7 @@ bench: install-test
 	$(BIN)/python bench/json_bench.py
 	$(BIN)/python bench/cache_bench.py
 	$(BIN)/python bench/taskkit_bench.py
+	$(BIN)/python bench/thumb_bench.py
 
 clean:
 	rm -rf $(VENV) .hotpath
