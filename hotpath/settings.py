@@ -114,15 +114,38 @@ class IndexSettings(_Base):
         return v
 
 
-class ApiSettings(CommonSettings, MilvusSettings, IndexSettings, UploadsSettings, ThumbQueueSettings):
-    """`hotpath api`: the cache API, the index intake and the search (hotpath/api.py composes them)."""
+class OriginSettings(_Base):
+    """The origin of truth, as the API and `hotpath index backfill` (which reads its `messages` table) see it."""
 
-    host: str = Field("127.0.0.1", description="Address the API binds to.")
-    port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
     origin_url: str = Field(
         "sqlite+aiosqlite:///.hotpath/origin.db",
         description="Origin of truth: `http(s)://dbman1,http://dbman2` (dbman HTTP contract), `postgresql+asyncpg://…` or `sqlite+aiosqlite:///…`.",
     )
+
+    @field_validator("origin_url")
+    @classmethod
+    def _origin_scheme(cls, v: str) -> str:
+        schemes = ("http://", "https://", "postgresql+asyncpg://", "sqlite+aiosqlite://")
+        for part in v.split(","):
+            if not part.strip().startswith(schemes):
+                raise ValueError(f"expected a URL starting with one of {', '.join(schemes)}; got {part.strip()!r}")
+        return v
+
+
+class IndexQueueSettings(_Base):
+    """The `index` queue's watermarks, as its producers (the API's intake, `hotpath index backfill`) see them."""
+
+    # a request is admitted whole only if it fits under the high watermark (index_worker/intake.py)
+    index_queue_high: int = Field(10_000, ge=2, description="High watermark of the `index` queue (jobs ready or running): an index request that would pass it is refused whole with 429 and Retry-After.")
+    index_queue_low: int = Field(5_000, ge=1, description="Low watermark of the `index` queue: once refusing, intake accepts again when the depth is down to it (hysteresis).")
+
+
+class ApiSettings(CommonSettings, OriginSettings, MilvusSettings, IndexSettings, IndexQueueSettings, UploadsSettings,
+                  ThumbQueueSettings):
+    """`hotpath api`: the cache API, the index intake and the search (hotpath/api.py composes them)."""
+
+    host: str = Field("127.0.0.1", description="Address the API binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
     origin_timeout_s: float = Field(2.0, gt=0, description="Connect/read timeout of each origin call, seconds.")
     readyz_timeout_s: float = Field(1.0, gt=0, description="Timeout of each dependency check in /readyz, seconds.")
     jwt_keys: dict[str, str] = Field(
@@ -167,9 +190,6 @@ class ApiSettings(CommonSettings, MilvusSettings, IndexSettings, UploadsSettings
     events_stream_consumer: str = Field("", description="Consumer name in the group (default: hostname-pid).")
     events_stream_claim_idle_ms: int = Field(30_000, ge=100, description="Entries pending this long on another consumer are claimed (XAUTOCLAIM).")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger → 413.")
-    # index intake (index_worker/intake.py): a request is admitted whole only if it fits under the high watermark
-    index_queue_high: int = Field(10_000, ge=2, description="High watermark of the `index` queue (jobs ready or running): an index request that would pass it is refused whole with 429 and Retry-After.")
-    index_queue_low: int = Field(5_000, ge=1, description="Low watermark of the `index` queue: once refusing, intake accepts again when the depth is down to it (hysteresis).")
     # storage-event intake (thumb_worker/intake.py): MinIO's bucket-notification webhook
     storage_webhook_token: str = Field("", description="Shared secret MinIO sends as `Authorization: Bearer <token>` to POST /v1/storage-events (the webhook target's `auth_token`), at least 16 characters; empty turns the route off (every call 401).")
 
@@ -178,15 +198,6 @@ class ApiSettings(CommonSettings, MilvusSettings, IndexSettings, UploadsSettings
     def _webhook_token_length(cls, v: str) -> str:
         if v and len(v) < 16:
             raise ValueError("must be at least 16 characters (or empty to turn the storage-event webhook off)")
-        return v
-
-    @field_validator("origin_url")
-    @classmethod
-    def _origin_scheme(cls, v: str) -> str:
-        schemes = ("http://", "https://", "postgresql+asyncpg://", "sqlite+aiosqlite://")
-        for part in v.split(","):
-            if not part.strip().startswith(schemes):
-                raise ValueError(f"expected a URL starting with one of {', '.join(schemes)}; got {part.strip()!r}")
         return v
 
 
@@ -250,6 +261,12 @@ class ThumbBackfillSettings(ThumbWorkerSettings, ThumbQueueSettings):
     """`hotpath thumbs backfill`: enqueues the sources whose thumbnails are missing or stale (the worker's buckets and spec)."""
 
 
+class IndexBackfillSettings(CommonSettings, OriginSettings, IndexQueueSettings):
+    """`hotpath index backfill`: enqueues the SQL origin's messages for the index (the intake's queue and limits)."""
+
+    index_text_max_bytes: int = IndexSettings.model_fields["index_text_max_bytes"]
+
+
 class OpsSettings(CommonSettings):
     """`hotpath queue|retry|dlq`: the operators' CLI."""
 
@@ -272,6 +289,7 @@ ALL_SETTINGS: dict[str, type[BaseSettings]] = {
     "worker index": IndexWorkerSettings,
     "worker thumb": ThumbWorkerSettings,
     "thumbs backfill": ThumbBackfillSettings,
+    "index backfill": IndexBackfillSettings,
     "queue/retry/dlq": OpsSettings,
     "search": SearchSettings,
     "dev": DevSettings,
