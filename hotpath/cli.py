@@ -11,7 +11,7 @@ from enum import StrEnum
 
 import typer
 
-from hotpath import queue_cli, search_cli, thumbs_cli
+from hotpath import index_cli, queue_cli, search_cli, thumbs_cli
 from hotpath.settings import SettingsError
 
 app = typer.Typer(
@@ -213,6 +213,7 @@ def settings_cmd(
 queue_cli.register(app)
 search_cli.register(app)
 thumbs_cli.register(app)
+index_cli.register(app)
 
 
 def main() -> None:
