@@ -12,6 +12,7 @@ Supervision (restarts, stopping in order, no orphans) is hotpath/supervisor.py.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -305,7 +306,7 @@ def run_dev(settings) -> int:
             if sup.stopping:
                 return 0
             raise DevError(f"the API did not become ready at {api}/readyz within 90s (see the log lines above)")
-        _banner(api, parts, api_settings, stack.sqlite_path, logs)
+        _banner(api, parts, api_settings, stack.sqlite_path, logs, urls)
 
         while not sup.stopping:
             reason = sup.poll()
@@ -321,7 +322,8 @@ def run_dev(settings) -> int:
         lock.close()
 
 
-def _banner(api: str, parts: list[tuple[str, str]], api_settings, sqlite_path: Path | None, logs: Path) -> None:
+def _banner(api: str, parts: list[tuple[str, str]], api_settings, sqlite_path: Path | None, logs: Path,
+            urls: dict[str, str]) -> None:
     from cacheman.auth import mint_token
 
     kid, secret = next(iter(api_settings.jwt_keys.items()))
@@ -337,5 +339,21 @@ def _banner(api: str, parts: list[tuple[str, str]], api_settings, sqlite_path: P
     lines.append(f"  curl -s {api}/readyz")
     lines.append(f"  curl -s -H \"Authorization: Bearer $TOKEN\" {api}/v1/{tenant}/rooms/{room}/members/{user} -i")
     lines.append(f"  curl -s -H \"Authorization: Bearer $TOKEN\" {api}/v1/{tenant}/users/{user}/unread")
+    lines += ["", "Index a message, then search for it (the API loads the embedder on its first search, a few seconds):"]
+    event = json.dumps({"events": [{"op": "upsert", "room_id": room, "message_id": "dev-hello-1", "version": 1,
+                                    "text": "the deploy is done", "sender": user,
+                                    "created_at": "2026-11-26T12:00:00Z"}]})
+    lines.append(f"  curl -s -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' "
+                 f"{api}/v1/{tenant}/index -d '{event}'")
+    lines.append(f"  curl -s -H \"Authorization: Bearer $TOKEN\" '{api}/v1/{tenant}/search?q=deploy&limit=3'")
+    origin = urls.get("HOTPATH_ORIGIN_URL", "")
+    if origin and not origin.startswith(("http://", "https://")):
+        import shutil
+
+        hp = _bin("hotpath")
+        hp = "hotpath" if shutil.which("hotpath") == hp else hp
+        lines += ["", "Index the origin's message history (resumable; see `hotpath index backfill --help`):",
+                  f"  HOTPATH_REDIS_URL={urls['HOTPATH_REDIS_URL']} HOTPATH_ORIGIN_URL={origin} "
+                  f"{hp} index backfill --tenant {tenant}"]
     lines += ["", "Ctrl-C stops everything.", ""]
     print("\n".join(lines), flush=True)

@@ -85,14 +85,31 @@ def test_dev_stack_end_to_end(tmp_path):
 
         token_line = next(line for line in banner.splitlines() if "export TOKEN=" in line)
         curls = [line.strip() for line in banner.splitlines() if line.strip().startswith("curl ")]
-        assert len(curls) == 3
+        assert len(curls) == 5
         script = token_line.strip() + "\n"
         for i, c in enumerate(curls):
             script += f"{c} -o /dev/null -w '%{{http_code}}\\n' > {tmp_path}/curl{i}.code || echo fail > {tmp_path}/curl{i}.code\n"
         subprocess.run(["bash", "-c", script], check=True, timeout=60)
-        codes = [(tmp_path / f"curl{i}.code").read_text().strip() for i in range(3)]
-        assert codes == ["200", "200", "200"], (codes, curls)
+        codes = [(tmp_path / f"curl{i}.code").read_text().strip() for i in range(5)]
+        assert codes == ["200", "200", "200", "202", "200"], (codes, curls)
         assert any("/members/" in c for c in curls), "one printed command must be a cache lookup"
+        assert "/index" in curls[3] and "/search?" in curls[4], curls
+
+        # the indexed message is found by the printed search (the worker embeds with MiniLM, loaded at its start)
+        deadline = time.monotonic() + 90
+        while True:
+            found = subprocess.run(["bash", "-c", f"{token_line.strip()}\n{curls[4]}"], capture_output=True, text=True,
+                                   timeout=60)
+            if re.search(r'"message_id":\s*"dev-hello-1"', found.stdout):
+                break
+            assert time.monotonic() < deadline, (found.stdout, err.read_text()[-3000:])
+            time.sleep(1)
+        # the printed backfill enqueues the demo origin's history
+        backfill = next(line.strip() for line in banner.splitlines() if " index backfill --tenant " in line)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOTPATH_")}
+        env["PATH"] = f"{Path(HOTPATH).parent}:{env.get('PATH', '')}"
+        ran = subprocess.run(["bash", "-c", backfill], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0 and re.match(r"(\d+) messages read, \1 enqueued", ran.stdout), (ran.stdout, ran.stderr)
 
         # an image uploaded to the dev stack's S3 gets its thumbnails with no extra step (dev's scan stands in for
         # the bucket notifications moto does not send)
