@@ -22,7 +22,9 @@ cancellation on shutdown (the job runs again), a killed worker (its jobs run aga
 keys expire: nothing is removed from the queue before the job's end is written), burst mode, health
 check key, cron jobs, on_job_start/on_job_end/after_job_end. Not supported: `allow_abort_jobs=True` -- such
 a worker runs ARQ's own loop unchanged. `arq module.WorkerSettings` still builds a plain ARQ Worker; use
-`create_worker(settings, fast=True)` / `run_worker(settings)` from here for the fast path.
+`create_worker(settings, fast=True)` / `run_worker(settings)` from here for the fast path. One difference from
+ARQ's loop, which exits on the first Redis error: a Redis that stops answering (a failover) pauses the loop, which
+then reconnects (to the new master, with Sentinel); a job whose end could not be written runs again.
 
 `_run_claimed` and `close` are copies of ARQ 0.28.0's `Worker.run_job` and `Worker.close`, so importing
 this module with another ARQ version fails (see `check_arq_version`) until both are re-checked.
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import random
 import signal
 from typing import Any
 
@@ -49,11 +52,16 @@ from arq.constants import (
 from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
 from arq.utils import args_to_string, ms_to_datetime, timestamp_ms, to_ms, truncate
 from arq.worker import JobExecutionFailed, Retry, RetryJob, Worker, get_kwargs
+from redis.exceptions import RedisError
 
 from taskkit.scripts import source
 
 # The ARQ release whose Worker.run_job and Worker.close this module copies.
 ARQ_VERSION = "0.28.0"
+# What the main loop survives (unlike ARQ's, which exits): Redis away for a while, e.g. during a failover.
+REDIS_DOWN = (RedisError, OSError)
+REDIS_DOWN_PAUSE_S = 0.5  # first pause; doubling (with jitter) up to REDIS_DOWN_PAUSE_MAX_S
+REDIS_DOWN_PAUSE_MAX_S = 5.0
 
 
 def check_arq_version(installed: str) -> None:
@@ -87,6 +95,8 @@ class FastWorker(Worker):
         self._claim_script: Any = None
         self._finish_script: Any = None
         self._in_progress_ms = int(self.in_progress_timeout_s * 1000)
+        self._down_since: float | None = None  # when Redis stopped answering the loop (None: it answers)
+        self._down_pause = REDIS_DOWN_PAUSE_S  # the next pause while it does not answer
         self.claims = 0  # Lua claim calls made (for tests and benchmarks)
         self.finish_writes = 0  # Lua finish calls made
 
@@ -123,8 +133,19 @@ class FastWorker(Worker):
                 if self.burst and self.max_burst_jobs >= 0:
                     want = min(want, self.max_burst_jobs - self._jobs_started())
                 if want > 0:
-                    claimed = await self._claim(want)
-            await self.heart_beat()
+                    try:
+                        claimed = await self._claim(want)
+                    except REDIS_DOWN as exc:
+                        await self._redis_down(exc)
+                        continue
+            try:
+                await self.heart_beat()
+            except REDIS_DOWN as exc:
+                await self._redis_down(exc)
+                continue
+            if self._down_since is not None:
+                logger.warning("Redis answers again after %.1fs", self.loop.time() - self._down_since)
+                self._down_since = None
             if self.burst:
                 if 0 <= self.max_burst_jobs <= self._jobs_started():
                     await asyncio.gather(*self.tasks.values())
@@ -159,13 +180,31 @@ class FastWorker(Worker):
             self.tasks[job_id] = t
         return len(res) // 4
 
+    async def _redis_down(self, exc: BaseException) -> None:
+        """Redis did not answer (a failover, a restart): say so once, wait, try again — the pool reconnects (with
+        Sentinel, to the master it names now), so the worker follows a new primary without a restart."""
+        now = self.loop.time()
+        if self._down_since is None:
+            self._down_since = now
+            self._down_pause = REDIS_DOWN_PAUSE_S
+            logger.warning("Redis did not answer (%s: %s); retrying with backoff (%.1fs doubling to %.0fs)",
+                           type(exc).__name__, exc, REDIS_DOWN_PAUSE_S, REDIS_DOWN_PAUSE_MAX_S)
+        # Jitter: workers that lost one Redis together do not all come back in the same instant.
+        await asyncio.sleep(self._down_pause * random.uniform(0.5, 1.0))
+        self._down_pause = min(REDIS_DOWN_PAUSE_MAX_S, self._down_pause * 2)
+
     def _job_done(self, t: asyncio.Task[Any]) -> None:
         self.job_counter -= 1
         job_id = t.get_name()
         if self.tasks.get(job_id) is t:
             del self.tasks[job_id]
         if not t.cancelled() and t.exception() is not None and self._task_error is None:
-            self._task_error = t.exception()  # raised by the main loop, as ARQ's t.result() does
+            exc = t.exception()
+            if isinstance(exc, REDIS_DOWN):  # its end was not written: it runs again once its in-progress key expires
+                logger.warning("job %s: its end could not be written (%s: %s); it runs again after its in-progress "
+                               "timeout", job_id, type(exc).__name__, exc)
+            else:
+                self._task_error = exc  # raised by the main loop, as ARQ's t.result() does
         self._slot_free.set()
 
     # --- one job (arq.worker.Worker.run_job, minus the Redis reads the claim already did) -------------
