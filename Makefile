@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 LOCK := requirements.lock
 
-.PHONY: dev test lint bench install install-test clean readme-settings lock
+.PHONY: dev test lint bench install install-test clean readme-settings lock loadtest
 
 $(BIN)/python:
 	$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "hotpath needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -20,9 +20,10 @@ $(VENV)/.runtime: pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/pip install --quiet -c $(LOCK) -e .
 	touch $@
 
-# The test environment takes the bench extra too (Pillow, the thumbnail bench's baseline), so it is exactly the lock.
+# The test environment takes the bench extra too (Pillow, the thumbnail bench's baseline) and the loadtest extra
+# (Locust, matplotlib: tests/test_loadtest.py runs the short profile), so it is exactly the lock.
 $(VENV)/.test: pyproject.toml $(LOCK) | $(BIN)/python
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test,bench]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test,bench,loadtest]'
 	touch $(VENV)/.runtime $@
 
 # Re-resolve $(LOCK) from pyproject.toml (newest releases its ranges admit) in a throwaway venv holding only
@@ -35,7 +36,7 @@ lock:
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(PY) -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/pip" install --quiet $(PIP_TOOLS); \
-	CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/venv/bin/pip-compile" --quiet $(LOCK_UPGRADE) --extra test --extra bench \
+	CUSTOM_COMPILE_COMMAND="make lock" "$$tmp/venv/bin/pip-compile" --quiet $(LOCK_UPGRADE) --extra test --extra bench --extra loadtest \
 	  --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 	  -o $(LOCK) pyproject.toml; \
 	sed -i -E 's/^(torch==[^+]+)\+cpu$$/\1/' $(LOCK); \
@@ -60,6 +61,12 @@ bench: install-test
 	$(BIN)/python bench/cache_bench.py
 	$(BIN)/python bench/taskkit_bench.py
 	$(BIN)/python bench/thumb_bench.py
+
+# The load and fault-injection suite (hotpath/loadtest/slo.yaml): LOADTEST_PROFILE=short (what `make test` runs) or long.
+LOADTEST_PROFILE ?= long
+LOADTEST_OUT ?= .hotpath/loadtest
+loadtest: install-test
+	$(BIN)/hotpath loadtest --profile $(LOADTEST_PROFILE) --out $(LOADTEST_OUT)
 
 clean:
 	rm -rf $(VENV) .hotpath

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from enum import StrEnum
+from pathlib import Path
 
 import typer
 
@@ -122,6 +123,23 @@ def dev(
     try:
         sys.exit(run_dev(settings))
     except DevError as exc:
+        _fail(str(exc), 1)
+
+
+@app.command()
+def loadtest(
+    profile: str = typer.Option("short", help="short (CI: a few faults, correctness SLOs asserted) or long (all)."),
+    out: Path = typer.Option(Path(".hotpath/loadtest"), help="Where report.json, the plots and the logs go."),
+) -> None:
+    """Load and fault-injection run with SLO checks: the whole stack, a chat-like mix from Locust, faults.
+
+    Profiles and SLOs: hotpath/loadtest/slo.yaml. Exits 1 naming each failed SLO (README: Load and fault tests)."""
+    from hotpath.loadtest.runner import run
+    from hotpath.loadtest.stack import StackError
+
+    try:
+        sys.exit(run(profile, out))
+    except StackError as exc:
         _fail(str(exc), 1)
 
 

@@ -124,7 +124,7 @@ def test_install_stamps_depend_on_pyproject_and_the_lock():
 def test_every_make_install_takes_the_lock_and_is_redone_when_it_changes():
     # -W: pretend the lock was just edited; every install stamp must then be rebuilt, with the lock as constraints.
     test_run = _make_dry_run("-W", LOCK, "test")
-    assert f"pip install --quiet -c {LOCK} -e '.[test,bench]'" in test_run
+    assert f"pip install --quiet -c {LOCK} -e '.[test,bench,loadtest]'" in test_run
     assert test_run.index(f"-c {LOCK}") < test_run.index("pytest")
     dev_run = _make_dry_run("-W", LOCK, "dev")
     assert f"pip install --quiet -c {LOCK} -e .\n" in dev_run
