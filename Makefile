@@ -61,6 +61,7 @@ bench: install-test
 	$(BIN)/python bench/cache_bench.py
 	$(BIN)/python bench/taskkit_bench.py
 	$(BIN)/python bench/thumb_bench.py
+	$(BIN)/python bench/index_bench.py
 
 # The load and fault-injection suite (hotpath/loadtest/slo.yaml): LOADTEST_PROFILE=short (what `make test` runs) or long.
 LOADTEST_PROFILE ?= long
