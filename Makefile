@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 LOCK := requirements.lock
 
-.PHONY: dev test lint bench install install-test clean readme-settings lock loadtest
+.PHONY: dev test lint bench install install-test clean readme-settings lock promtool loadtest
 
 $(BIN)/python:
 	$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "hotpath needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -50,6 +50,25 @@ dev: install
 
 test: install-test
 	$(BIN)/pytest -p no:cacheprovider
+
+# promtool, for tests/test_monitoring.py (promtool check / test rules): Debian's prometheus package is downloaded
+# and only its promtool binary unpacked into $(PROMTOOL_DIR), so nothing is installed and no Prometheus daemon starts.
+# apt-get needs the package lists: as root it refreshes them when the download fails. `.ci/run` runs this target.
+PROMTOOL_DIR := $(VENV)/promtool
+PROMTOOL := $(PROMTOOL_DIR)/usr/bin/promtool
+promtool: $(PROMTOOL)
+
+$(PROMTOOL):
+	@command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || { echo "make promtool needs apt-get and \
+	dpkg-deb (Debian/Ubuntu); elsewhere set HOTPATH_PROMTOOL to a promtool binary"; exit 1; }
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	if ! (cd "$$tmp" && apt-get download -q prometheus >/dev/null 2>&1); then \
+	  [ "$$(id -u)" = 0 ] || { echo "apt-get download prometheus failed: run apt-get update as root, then make promtool"; exit 1; }; \
+	  apt-get update -q >/dev/null; (cd "$$tmp" && apt-get download -q prometheus >/dev/null 2>&1); \
+	fi; \
+	mkdir -p $(PROMTOOL_DIR); \
+	dpkg-deb --fsys-tarfile "$$tmp"/prometheus_*.deb | tar -x -C $(PROMTOOL_DIR) ./usr/bin/promtool; \
+	echo "$$($(PROMTOOL) --version 2>&1 | head -1) in $(PROMTOOL)"
 
 lint: install-test
 	$(BIN)/ruff check .

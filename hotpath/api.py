@@ -25,6 +25,7 @@ from index_worker import intake, search
 from index_worker.config import QUEUE, EmbedderConfig, StoreConfig
 from index_worker.search import Searcher, SearchUnavailable
 from taskkit.backpressure import Watermarks
+from taskkit.exporter import CurrentExporter, HealthExporter
 from taskkit.producer import Producer
 from thumb_worker import intake as storage_intake
 from thumb_worker.producer import QUEUE as THUMB_QUEUE
@@ -44,6 +45,8 @@ class _DefaultRegistryBridge:
 
 
 _bridge: _DefaultRegistryBridge | None = None
+# The workers' health record ages, seen from the API (taskkit/exporter.py: a dead worker cannot report its own).
+_health = CurrentExporter()
 
 
 def _bridge_metrics() -> None:
@@ -51,6 +54,7 @@ def _bridge_metrics() -> None:
     if _bridge is None:
         _bridge = _DefaultRegistryBridge()
         REGISTRY.register(_bridge)
+        REGISTRY.register(_health)
 
 
 def index_watermarks(settings: Any) -> Watermarks:
@@ -77,6 +81,8 @@ def build_api(settings: Any, *, origin: Any = None, redis_client: Any = None, qu
     store = StoreConfig.from_settings(settings, writer=False)
     watermarks = index_watermarks(settings)
     thumb_wm = thumb_watermarks(settings)
+    health = HealthExporter(prefix=settings.taskkit_prefix, queues=(QUEUE, THUMB_QUEUE),
+                            watermarks={QUEUE: watermarks, THUMB_QUEUE: thumb_wm})
 
     async def startup(app: FastAPI) -> None:
         app.state.queue_redis = queue_redis or make_redis(settings.redis_url, settings.redis_timeout_s)
@@ -85,8 +91,12 @@ def build_api(settings: Any, *, origin: Any = None, redis_client: Any = None, qu
         app.state.thumb_producer = Producer(app.state.queue_redis, prefix=settings.taskkit_prefix,
                                             watermarks={THUMB_QUEUE: thumb_wm})
         app.state.searcher = Searcher(embedder, store)  # nothing loaded until the first search
+        health.start(app.state.queue_redis)
+        _health.attach(health)
 
     async def shutdown(app: FastAPI) -> None:
+        _health.detach(health)
+        await health.stop()
         await app.state.searcher.close()
         if queue_redis is None:
             await app.state.queue_redis.aclose()
