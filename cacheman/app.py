@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cacheman import problems
 from cacheman.errors import DependencyUnavailable
-from cacheman.observability import REGISTRY, RequestContextMiddleware
+from cacheman.observability import RequestContextMiddleware, scrape_registry
 from cacheman.origin.base import open_origin
 from cacheman.redisconn import RedisConfig, connect, open_redis
 from cacheman.routes import install as install_routes
@@ -111,7 +111,7 @@ def create_app(settings, *, origin=None, redis_client=None) -> FastAPI:
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format).", response_class=PlainTextResponse,
              responses=problems.responses(500))
     async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(scrape_registry()), media_type=CONTENT_TYPE_LATEST)
 
     install_routes(app, settings)
     return app

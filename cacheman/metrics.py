@@ -30,8 +30,10 @@ EVENTS_APPLIED = Counter(
     "hotpath_cache_events_total", "Change events by type, result (applied | ignored) and source (http | stream)",
     ["type", "result", "source"], registry=REGISTRY,
 )
-REDIS_UP = Gauge("hotpath_cache_redis_up", "1 while the cache uses Redis, 0 while it bypasses it (or, on a Cluster, one of its nodes) after a failure", registry=REGISTRY)
-REDIS_NODES_DOWN = Gauge("hotpath_cache_redis_nodes_down", "Redis nodes the cache bypasses now after a failure (per-node health; 0 or 1 for a single node)", registry=REGISTRY)
+REDIS_UP = Gauge("hotpath_cache_redis_up", "1 while the cache uses Redis, 0 while it bypasses it (or, on a Cluster, one of its nodes) after a failure", registry=REGISTRY,
+                 multiprocess_mode="livemin")  # --workers N: 0 when any process bypasses
+REDIS_NODES_DOWN = Gauge("hotpath_cache_redis_nodes_down", "Redis nodes the cache bypasses now after a failure (per-node health; 0 or 1 for a single node)", registry=REGISTRY,
+                         multiprocess_mode="livemax")  # --workers N: the most any process bypasses
 NEAR_HITS = Counter("hotpath_nearcache_hits_total", "Membership checks answered from the in-process near cache", registry=REGISTRY)
 NEAR_FLUSHES = Counter("hotpath_nearcache_flushes_total", "Whole near-cache flushes (broadcast connection lost)", registry=REGISTRY)
 STREAM_ACKED = Counter("hotpath_events_stream_acked_total", "Stream entries applied and acknowledged", ["how"], registry=REGISTRY)

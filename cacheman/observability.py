@@ -8,6 +8,7 @@ boundary for unhandled errors: it logs the traceback with the request id and ans
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from contextvars import ContextVar
@@ -19,6 +20,24 @@ error_log = logging.getLogger("cacheman")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+_merged: CollectorRegistry | None = None
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What /metrics serves: REGISTRY, or, when PROMETHEUS_MULTIPROC_DIR is set (`hotpath api --workers N`,
+    cacheman/server.py), every API process's series merged from that directory. The variable is prometheus_client's
+    own switch (read at its import), so this follows the same one."""
+    global _merged
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return REGISTRY
+    if _merged is None:
+        from prometheus_client import multiprocess
+
+        _merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(_merged, path=path)
+    return _merged
+
 HTTP_REQUESTS = Counter(
     "hotpath_http_requests_total", "HTTP requests by route and status class", ["route", "method", "status"], registry=REGISTRY
 )

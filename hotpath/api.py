@@ -10,6 +10,7 @@ the tests that walk every route build.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,10 +18,10 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from starlette.responses import Response
 
 from cacheman import problems
-from cacheman.app import create_app, make_redis
+from cacheman.app import create_app
 from cacheman.auth import require
 from cacheman.errors import DependencyUnavailable, Unauthorized
-from cacheman.observability import REGISTRY
+from cacheman.observability import REGISTRY, scrape_registry
 from index_worker import intake, search
 from index_worker.config import QUEUE, EmbedderConfig, StoreConfig
 from index_worker.search import Searcher, SearchUnavailable
@@ -53,8 +54,10 @@ def _bridge_metrics() -> None:
     global _bridge
     if _bridge is None:
         _bridge = _DefaultRegistryBridge()
-        REGISTRY.register(_bridge)
-        REGISTRY.register(_health)
+        served = scrape_registry()
+        if served is REGISTRY:  # one process (with --workers N the merged files hold the default registry's series)
+            REGISTRY.register(_bridge)
+        served.register(_health)  # computed at scrape time: in the served registry either way
 
 
 def index_watermarks(settings: Any) -> Watermarks:
@@ -74,8 +77,11 @@ def thumb_watermarks(settings: Any) -> Watermarks:
 
 
 def build_api(settings: Any, *, origin: Any = None, redis_client: Any = None, queue_redis: Any = None) -> FastAPI:
-    """The whole API. `origin`, `redis_client` (the cache's) and `queue_redis` (the producer's) may be passed in
-    (tests); otherwise they are opened from the settings in the lifespan. The queue's Redis is HOTPATH_REDIS_URL."""
+    """The whole API. `origin`, `redis_client` (the cache's) and `queue_redis` (the producers') may be passed in
+    (tests); otherwise they are opened from the settings in the lifespan. The queues' Redis is
+    `settings.queue_redis_config()` (HOTPATH_QUEUE_REDIS_URL, or HOTPATH_REDIS_URL when that is one node; raises
+    QueueRedisError when it would be a Cluster)."""
+    queue_cfg = settings.queue_redis_config()
     app = create_app(settings, origin=origin, redis_client=redis_client)
     embedder = EmbedderConfig.from_settings(settings)
     store = StoreConfig.from_settings(settings, writer=False)
@@ -85,11 +91,12 @@ def build_api(settings: Any, *, origin: Any = None, redis_client: Any = None, qu
                             watermarks={QUEUE: watermarks, THUMB_QUEUE: thumb_wm})
 
     async def startup(app: FastAPI) -> None:
-        app.state.queue_redis = queue_redis or make_redis(settings.redis_url, settings.redis_timeout_s)
+        app.state.queue_redis = queue_redis or queue_cfg.client(health_check_interval=15, max_connections=256)
+        replicas = {"wait_replicas": queue_cfg.wait_replicas, "wait_timeout_ms": queue_cfg.wait_timeout_ms}
         app.state.index_producer = Producer(app.state.queue_redis, prefix=settings.taskkit_prefix,
-                                            watermarks={QUEUE: watermarks})
+                                            watermarks={QUEUE: watermarks}, **replicas)
         app.state.thumb_producer = Producer(app.state.queue_redis, prefix=settings.taskkit_prefix,
-                                            watermarks={THUMB_QUEUE: thumb_wm})
+                                            watermarks={THUMB_QUEUE: thumb_wm}, **replicas)
         app.state.searcher = Searcher(embedder, store)  # nothing loaded until the first search
         health.start(app.state.queue_redis)
         _health.attach(health)
@@ -139,8 +146,23 @@ def build_api(settings: Any, *, origin: Any = None, redis_client: Any = None, qu
     return app
 
 
+def app_factory() -> FastAPI:
+    """What each process of `hotpath api --workers N` serves: its settings read from the environment it inherited
+    (the parent has checked them and the JWT keys once), JSON logs, the composed API with its own near cache."""
+    from hotpath.logs import setup_logging
+    from hotpath.settings import ApiSettings, load
+
+    settings = load(ApiSettings)
+    setup_logging(f"api:{os.getpid()}", settings.log_level)  # which of the processes wrote a line
+    return build_api(settings)
+
+
 def serve(settings: Any) -> None:
-    """Run the composed API under uvicorn (cacheman/server.py's flags: graceful drain on SIGTERM)."""
+    """Run the composed API under uvicorn (cacheman/server.py's flags: graceful drain on SIGTERM), in
+    HOTPATH_API_WORKERS processes on one port."""
     from cacheman.server import serve as serve_app
 
-    serve_app(settings, app=build_api(settings))
+    if settings.api_workers > 1:
+        serve_app(settings, factory="hotpath.api:app_factory", workers=settings.api_workers)
+    else:
+        serve_app(settings, app=build_api(settings))

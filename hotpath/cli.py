@@ -39,12 +39,30 @@ def _settings(cls):
         _fail(str(exc))
 
 
+def _check_queue_redis(settings) -> None:
+    """Refuse, in one line, a queues' Redis that is (or defaults to) a Cluster: ARQ's keys span hash slots. A Redis
+    that does not answer within HOTPATH_REDIS_TIMEOUT_S is not refused here (the API answers 503, workers retry)."""
+    import asyncio
+
+    from hotpath.settings import QUEUE_REDIS_FIX
+    from taskkit.connection import QueueRedisError
+
+    try:
+        asyncio.run(settings.queue_redis_config().check())
+    except QueueRedisError as exc:
+        msg = str(exc)
+        _fail(msg if QUEUE_REDIS_FIX in msg else f"{msg}; {QUEUE_REDIS_FIX}")
+
+
 @app.command()
 def api(
     host: str = typer.Option(None, help="Bind address (default: HOTPATH_HOST)."),
     port: int = typer.Option(None, help="Port (default: HOTPATH_PORT)."),
+    workers: int = typer.Option(None, min=1, max=64, help="Processes serving the port (default: HOTPATH_API_WORKERS)."),
 ) -> None:
-    """Run the HTTP API (uvicorn): the cache routes, the index intake and the search (hotpath/api.py)."""
+    """Run the HTTP API (uvicorn): the cache routes, the index intake and the search (hotpath/api.py).
+
+    With --workers N, N processes share the port (uvicorn's supervisor; SIGTERM drains and stops them all)."""
     from hotpath.logs import setup_logging
     from hotpath.settings import ApiSettings
 
@@ -53,12 +71,15 @@ def api(
         settings.host = host
     if port:
         settings.port = port
+    if workers:
+        settings.api_workers = workers
     from hotpath.security import InsecureKeys, check_jwt_keys
 
     try:
         check_jwt_keys(settings.jwt_keys, allow_dev_key=settings.allow_dev_key)
     except InsecureKeys as exc:
         _fail(str(exc))
+    _check_queue_redis(settings)
     setup_logging("api", settings.log_level)
     from hotpath.api import serve
 
@@ -66,6 +87,8 @@ def api(
         serve(settings)
     except ValueError as exc:  # settings that disagree with each other (watermarks)
         _fail(str(exc))
+    except RuntimeError as exc:  # --workers N: a process could not start
+        _fail(str(exc), 1)
     except OSError as exc:
         _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} (set HOTPATH_PORT)")
 
@@ -85,6 +108,7 @@ def worker(kind: WorkerKind = typer.Argument(..., help="Which worker: index (Mil
 
     cls = IndexWorkerSettings if kind is WorkerKind.index else ThumbWorkerSettings
     settings = _settings(cls)
+    _check_queue_redis(settings)
     setup_logging(f"worker-{kind.value}", settings.log_level)
     if kind is WorkerKind.index:
         from index_worker.worker import build_worker_settings

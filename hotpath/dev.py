@@ -246,6 +246,22 @@ def _api_settings():
     return api_settings
 
 
+def _queues(settings) -> str:
+    """What the banner says about the task queues' Redis: by default the one Redis (embedded or configured) serves
+    the cache and the queues; HOTPATH_QUEUE_REDIS_URL / HOTPATH_QUEUE_SENTINELS (environment or `.env`) move them."""
+    from taskkit.connection import QueueRedisError
+
+    try:
+        queue = settings.queue_redis_config()
+    except QueueRedisError as exc:  # a Cluster for the cache and nothing for the queues: every child would refuse
+        raise DevError(str(exc)) from None
+    if queue.sentinel:
+        return f"{queue.describe()} (HOTPATH_QUEUE_SENTINELS)"
+    if settings.queue_redis_url:
+        return f"{queue.describe()} (HOTPATH_QUEUE_REDIS_URL)"
+    return "the same Redis as the cache (set HOTPATH_QUEUE_REDIS_URL for one of their own)"
+
+
 def run_dev(settings) -> int:
     """Start everything, print how to use it, supervise until SIGINT/SIGTERM. Returns the exit code."""
     data_dir = Path(settings.data_dir).resolve()
@@ -253,6 +269,7 @@ def run_dev(settings) -> int:
     if port_in_use(host, settings.port):
         raise DevError(f"port {settings.port} is in use (is another `hotpath dev` running?); set HOTPATH_PORT to another port")
     api_settings = _api_settings()
+    queues = _queues(settings)
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -283,6 +300,8 @@ def run_dev(settings) -> int:
                 return 0
             urls[service.env_var], shown = service.provide(stack)
             parts.append((service.name, shown))
+            if service.name == "redis":
+                parts.append(("queues", queues))
 
         # The children get every URL explicitly (so a configured one reaches them however it was set) and may
         # use the development key, which `hotpath api` refuses otherwise.

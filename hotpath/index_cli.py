@@ -53,13 +53,14 @@ def backfill_cmd(
     """Enqueue every message of the SQL origin's `messages` table (HOTPATH_ORIGIN_URL) of a tenant as version-0
     upserts: any real event beats them, and a message already indexed or deleted is skipped. A rerun resumes
     after the last page enqueued; a full `index` queue makes it wait, not fail."""
-    from hotpath.cli import _fail, _settings
+    from hotpath.cli import _check_queue_redis, _fail, _settings
     from hotpath.settings import IndexBackfillSettings
 
     for name, value in (("--tenant", tenant), ("--room", room)):
         if value is not None and not re.fullmatch(ID_PATTERN, value):
             _fail(f"{name} {value!r} is not an id (pattern {ID_PATTERN})")
     settings = _settings(IndexBackfillSettings)
+    _check_queue_redis(settings)  # a Cluster is refused in one line
     if not settings.index_queue_low < settings.index_queue_high:
         _fail(f"HOTPATH_INDEX_QUEUE_LOW ({settings.index_queue_low}) must be below HOTPATH_INDEX_QUEUE_HIGH "
               f"({settings.index_queue_high})")
@@ -85,12 +86,11 @@ def backfill_cmd(
         hint = " (run `hotpath origin init`)" if "messages" in first and ("no such table" in first or "does not exist" in first) else ""
         _fail(f"the origin database failed: {first}{hint}; check HOTPATH_ORIGIN_URL", 1)
     except (RedisError, OSError) as exc:
-        _fail(f"the queue's Redis did not answer ({type(exc).__name__}: {exc}); check HOTPATH_REDIS_URL", 1)
+        _fail(f"the queue's Redis did not answer ({type(exc).__name__}: {exc}); check HOTPATH_QUEUE_REDIS_URL (default: HOTPATH_REDIS_URL)", 1)
     typer.echo(_summary(stats, time.monotonic() - started))
 
 
 async def _run(settings, engine, tenant: str, room: str | None, restart: bool, batch: int, quiet: bool):
-    from redis.asyncio import Redis
 
     from index_worker.backfill import backfill
     from index_worker.config import QUEUE
@@ -98,10 +98,11 @@ async def _run(settings, engine, tenant: str, room: str | None, restart: bool, b
     from taskkit.backpressure import Watermarks
     from taskkit.producer import Producer
 
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
-                           socket_timeout=settings.redis_timeout_s)
+    queue_redis = settings.queue_redis_config()
+    redis = queue_redis.client()
     producer = Producer(redis, prefix=settings.taskkit_prefix,
-                        watermarks={QUEUE: Watermarks(high=settings.index_queue_high, low=settings.index_queue_low)})
+                        watermarks={QUEUE: Watermarks(high=settings.index_queue_high, low=settings.index_queue_low)},
+                        wait_replicas=queue_redis.wait_replicas, wait_timeout_ms=queue_redis.wait_timeout_ms)
     guard = VersionGuard(redis, settings.taskkit_prefix + "ix:")  # the worker's guard prefix (WorkerConfig)
     kw = dict(room=room, restart=restart, batch=batch, text_max_bytes=settings.index_text_max_bytes)
     try:

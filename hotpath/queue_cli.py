@@ -1,7 +1,7 @@
 """The operators' verbs: `hotpath queue stats|audit`, `hotpath retry ls|show|requeue|drop`,
 `hotpath dlq ls|show|requeue|purge`.
 
-A thin shell over taskkit's ops API (taskkit/ops.py): it reads the Redis URL and key prefix from
+A thin shell over taskkit's ops API (taskkit/ops.py): it reads the queues' Redis and key prefix from
 OpsSettings, calls `Inspector` (which does all the Redis work) and formats (Rich tables for people,
 `--json` for scripts). It lives at the edge, not in taskkit, because it reads hotpath's settings and
 taskkit is a library. Verbs that change state ask for confirmation unless `--yes`, refuse outright when
@@ -23,10 +23,12 @@ from typing import Any
 
 import orjson
 import typer
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
-from hotpath.settings import OpsSettings, SettingsError, load
+from hotpath.settings import QUEUE_REDIS_FIX, OpsSettings, SettingsError, load
+from taskkit.connection import QueueRedisError
 from taskkit.errors import TaskkitError
 from taskkit.ops import ActionResult, Filter, Inspector
 
@@ -66,18 +68,25 @@ def _run(fn: Callable[[Inspector], Awaitable[Any]]) -> Any:
     except SettingsError as exc:
         _fail(str(exc))
     user = settings.ops_user or _os_user()
+    try:
+        queue_redis = settings.queue_redis_config()
+    except QueueRedisError as exc:
+        _fail(str(exc))
 
     async def go() -> Any:
-        async with Inspector.connect(settings.redis_url, prefix=settings.taskkit_prefix, user=user,
-                                     timeout_s=settings.redis_timeout_s) as ins:
+        await queue_redis.check()  # a Cluster node is refused: the queues never live there
+        async with Inspector.connect(queue_redis, prefix=settings.taskkit_prefix, user=user) as ins:
             return await fn(ins)
 
     try:
         return asyncio.run(go())
+    except QueueRedisError as exc:
+        _fail(f"{exc}; {QUEUE_REDIS_FIX}")
     except TaskkitError as exc:  # JobNotFound, JobConflict, ...
         _fail(str(exc), 1)
-    except OSError as exc:
-        _fail(f"cannot reach Redis at {settings.redis_url}: {exc} (set HOTPATH_REDIS_URL)", 1)
+    except (OSError, RedisError) as exc:
+        _fail(f"cannot reach the queues' Redis at {queue_redis.describe()}: {exc} (set HOTPATH_QUEUE_REDIS_URL, or "
+              "HOTPATH_REDIS_URL which it defaults to)", 1)
 
 
 def _os_user() -> str:

@@ -17,6 +17,9 @@ from pydantic_settings import SettingsError as _ParseError
 ENV_PREFIX = "HOTPATH_"
 DEV_JWT_KID = "dev"
 DEV_JWT_SECRET = "hotpath-dev-only-secret-change-me-0123456789"
+# What to set when the task queues' Redis is a Cluster (start-up errors of every process that enqueues or works).
+QUEUE_REDIS_FIX = ("set HOTPATH_QUEUE_REDIS_URL to one Redis node (not a Cluster), or HOTPATH_QUEUE_SENTINELS and "
+                   "HOTPATH_QUEUE_SENTINEL_MASTER for a Sentinel-managed one")
 
 
 class _Base(BaseSettings):
@@ -39,6 +42,13 @@ class CommonSettings(_Base):
         "hp:tk:",
         description="Key prefix of every task-queue key (queues, retry and dead-letter queues, audit log); producers, workers and the ops CLI must agree.",
     )
+    redis_cluster: bool = Field(False, description="The cache's Redis is a Redis / Valkey Cluster: HOTPATH_REDIS_URL names one or more seed nodes, comma-separated (`redis://n1:6379,redis://n2:6379`); the cache, rate limits, near-cache broadcast and events stream use it (docs/cluster.md). The task queues cannot: set HOTPATH_QUEUE_REDIS_URL.")
+    # the task queues' Redis (taskkit/connection.py QueueRedis, built by queue_redis_config())
+    queue_redis_url: str = Field("", description="Redis URL of the task queues (taskkit/ARQ: producers, workers, the ops CLI, the index version guard): one node, never a Cluster. Empty: HOTPATH_REDIS_URL when that is one node. With HOTPATH_QUEUE_SENTINELS it gives only the database, credentials and TLS (`redis://:password@/0`).")
+    queue_sentinels: str = Field("", description="Redis Sentinels of the task queues, `host:port,host:port`: the queues' Redis is then the master HOTPATH_QUEUE_SENTINEL_MASTER that they name, followed across failovers.")
+    queue_sentinel_master: str = Field("mymaster", description="Name of the queues' master as the Sentinels know it (`sentinel monitor <name> …`).")
+    queue_wait_replicas: int = Field(0, ge=0, le=16, description="An enqueue is acknowledged only once this many replicas have the job (Redis WAIT after the enqueue; fewer within HOTPATH_QUEUE_WAIT_TIMEOUT_MS → 503, sending again is deduplicated). 0: at once; a failover can then lose the jobs of the last few milliseconds (README: Task queues on their own Redis).")
+    queue_wait_timeout_ms: int = Field(1000, ge=1, le=60_000, description="Longest an enqueue waits for HOTPATH_QUEUE_WAIT_REPLICAS replicas, milliseconds.")
 
     @field_validator("redis_url")
     @classmethod
@@ -46,6 +56,39 @@ class CommonSettings(_Base):
         if not v.startswith(("redis://", "rediss://", "unix://", "valkey://")):
             raise ValueError("expected a redis://host:port/db URL (or rediss:// or unix://)")
         return v
+
+    @field_validator("queue_redis_url")
+    @classmethod
+    def _queue_url(cls, v: str) -> str:
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://host:port/db URL (or rediss:// or unix://)")
+        if "," in v:
+            raise ValueError("expected one Redis node: the task queues cannot use a Redis Cluster (ARQ's keys of one job span hash slots)")
+        return v
+
+    @field_validator("queue_sentinels")
+    @classmethod
+    def _sentinels(cls, v: str) -> str:
+        from taskkit.connection import parse_sentinels
+
+        parse_sentinels(v)  # ValueError names the bad part
+        return v
+
+    def queue_redis_config(self) -> Any:
+        """The task queues' Redis (taskkit.connection.QueueRedis). Raises QueueRedisError when the queues would
+        default to the cache's Cluster: ARQ's keys cannot live on one."""
+        from taskkit.connection import CLUSTER_WHY, QueueRedis, QueueRedisError, parse_sentinels
+
+        sentinels = parse_sentinels(self.queue_sentinels)
+        url = self.queue_redis_url
+        if not url and not sentinels:
+            if self.redis_cluster or "," in self.redis_url:
+                raise QueueRedisError(f"HOTPATH_REDIS_URL is a Redis Cluster and HOTPATH_QUEUE_REDIS_URL is unset: "
+                                      f"{CLUSTER_WHY}; {QUEUE_REDIS_FIX}")
+            url = self.redis_url.replace("valkey://", "redis://", 1)
+        return QueueRedis(url=url or "redis://", sentinels=sentinels, sentinel_master=self.queue_sentinel_master,
+                          timeout_s=self.redis_timeout_s, wait_replicas=self.queue_wait_replicas,
+                          wait_timeout_ms=self.queue_wait_timeout_ms)
 
 
 class UploadsSettings(_Base):
@@ -146,6 +189,7 @@ class ApiSettings(CommonSettings, OriginSettings, MilvusSettings, IndexSettings,
 
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
+    api_workers: int = Field(1, ge=1, le=64, description="API processes serving the one port (`hotpath api --workers N`): each has its own near cache, all invalidated by the broadcast; /metrics reports them all (Prometheus multiprocess mode, README: Several API processes).")
     origin_timeout_s: float = Field(2.0, gt=0, description="Connect/read timeout of each origin call, seconds.")
     readyz_timeout_s: float = Field(1.0, gt=0, description="Timeout of each dependency check in /readyz, seconds.")
     jwt_keys: dict[str, str] = Field(
@@ -171,7 +215,6 @@ class ApiSettings(CommonSettings, OriginSettings, MilvusSettings, IndexSettings,
     origin_breaker_open_s: float = Field(5.0, gt=0, description="How long an open breaker rejects calls before one half-open probe, seconds.")
     # cache (cacheman/config.py CacheConfig; events.py, stream.py, nearcache.py)
     redis_prefix: str = Field("hp", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Prefix of every cache key (`hp:{tenant}:{room:R}:members`).")
-    redis_cluster: bool = Field(False, description="The cache's Redis is a Redis / Valkey Cluster: HOTPATH_REDIS_URL names one or more seed nodes, comma-separated (`redis://n1:6379,redis://n2:6379`); the cache, rate limits, near-cache broadcast and events stream use it (docs/cluster.md).")
     cache_ttl_s: float = Field(300.0, gt=0, description="Freshness of a cached entry, seconds (before jitter).")
     cache_ttl_jitter: float = Field(0.1, ge=0, lt=1, description="TTL jitter: each fill's TTL is drawn from ttl × [1 − j, 1 + j] so keys filled together do not expire together.")
     cache_negative_ttl_s: float = Field(5.0, gt=0, description="Freshness of a cached 'not found', seconds.")

@@ -35,10 +35,11 @@ def backfill_cmd(
 ) -> None:
     """Enqueue a `thumbnail` job for every source whose thumbnails are missing, or made from another ETag or with
     other settings (HOTPATH_THUMB_SIZES / _FORMAT / _QUALITY). A full `thumb` queue makes it wait, not fail."""
-    from hotpath.cli import _fail, _settings
+    from hotpath.cli import _check_queue_redis, _fail, _settings
     from hotpath.settings import ThumbBackfillSettings
 
     settings = _settings(ThumbBackfillSettings)
+    _check_queue_redis(settings)  # a Cluster is refused in one line
     if bucket is not None and bucket != settings.uploads_bucket:
         _fail(f"the thumbnail worker makes thumbnails of HOTPATH_UPLOADS_BUCKET ({settings.uploads_bucket!r}) only; "
               f"set HOTPATH_UPLOADS_BUCKET={bucket} for this command and the worker, or omit --bucket")
@@ -53,13 +54,12 @@ def backfill_cmd(
     except TransientError as exc:
         _fail(f"object storage: {exc} (check HOTPATH_S3_ENDPOINT and the S3 keys)", 1)
     except (RedisError, OSError) as exc:
-        _fail(f"the queue's Redis did not answer ({type(exc).__name__}: {exc}); check HOTPATH_REDIS_URL", 1)
+        _fail(f"the queue's Redis did not answer ({type(exc).__name__}: {exc}); check HOTPATH_QUEUE_REDIS_URL (default: HOTPATH_REDIS_URL)", 1)
     except RuntimeError as exc:  # a bucket that does not exist
         _fail(str(exc), 1)
 
 
 async def _run(settings, prefix: str, watch: float, quiet: bool) -> None:
-    from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
     from taskkit.backpressure import Watermarks
@@ -80,10 +80,11 @@ async def _run(settings, prefix: str, watch: float, quiet: bool) -> None:
                                  read_timeout_s=cfg.s3_timeout_s)
     # Only `current` and `sources` are used: the decoder pool is never started (no libvips in this process).
     jobs = ThumbJobs(client, DecoderPool(cfg.spec, size=1, time_limit_s=cfg.time_limit_s), cfg)
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout_s,
-                           socket_timeout=settings.redis_timeout_s)
+    queue_redis = settings.queue_redis_config()
+    redis = queue_redis.client()
     producer = Producer(redis, prefix=settings.taskkit_prefix,
-                        watermarks={QUEUE: Watermarks(high=settings.thumb_queue_high, low=settings.thumb_queue_low)})
+                        watermarks={QUEUE: Watermarks(high=settings.thumb_queue_high, low=settings.thumb_queue_low)},
+                        wait_replicas=queue_redis.wait_replicas, wait_timeout_ms=queue_redis.wait_timeout_ms)
     try:
         await jobs.check()
         if not watch:

@@ -27,6 +27,7 @@ from index_worker.store import quiet_pymilvus_logs
 from taskkit import task
 from taskkit.backpressure import AimdController
 from taskkit.batch import Batcher
+from taskkit.connection import QueueRedis
 from taskkit.errors import PermanentError, TransientError
 from taskkit.keys import Keys
 from taskkit.retry import RetryPolicy
@@ -97,10 +98,9 @@ def outcomes(events: list[IndexEvent], result: BatchResult,
 class IndexRuntime:
     """Per worker process: the embedder (loaded once), the store, the guard, the indexer and the batcher."""
 
-    def __init__(self, config: WorkerConfig, *, redis_url: str, redis_timeout_s: float, taskkit_prefix: str) -> None:
+    def __init__(self, config: WorkerConfig, *, queue_redis: QueueRedis, taskkit_prefix: str) -> None:
         self.config = config
-        self.redis_url = redis_url
-        self.redis_timeout_s = redis_timeout_s
+        self.queue_redis = queue_redis  # the guard and the AIMD state live beside the queue's keys
         self.keys = Keys(taskkit_prefix)
         self.redis: Redis | None = None
         self.store: Any = None
@@ -138,8 +138,7 @@ class IndexRuntime:
             raise RuntimeError(str(exc)) from exc
         except MilvusTransient as exc:
             raise RuntimeError(f"Milvus at {cfg.store.uri} does not answer ({exc}); check HOTPATH_MILVUS_URI") from exc
-        self.redis = Redis.from_url(self.redis_url, socket_connect_timeout=self.redis_timeout_s,
-                                    socket_timeout=self.redis_timeout_s)
+        self.redis = self.queue_redis.client()
         guard = VersionGuard(self.redis, cfg.guard_prefix, lease_ttl_s=cfg.lease_ttl_s, tombstone_ttl_s=cfg.tombstone_ttl_s)
         indexer = Indexer(guard, self.store, self.embedder, embed_batch_size=cfg.embedder.batch_size)
         aimd = AimdController(self.redis, f"milvus:{cfg.store.collection}", keys=self.keys)
@@ -222,8 +221,7 @@ def index_task(runtime: IndexRuntime) -> Any:
 def build_worker_settings(settings: Any) -> type:
     """The ARQ WorkerSettings class of the index queue, from IndexWorkerSettings."""
     config = WorkerConfig.from_settings(settings)
-    runtime = IndexRuntime(config, redis_url=settings.redis_url, redis_timeout_s=settings.redis_timeout_s,
-                           taskkit_prefix=settings.taskkit_prefix)
+    runtime = IndexRuntime(config, queue_redis=settings.queue_redis_config(), taskkit_prefix=settings.taskkit_prefix)
     cls = service_worker_settings(QUEUE, [ping, index_task(runtime)], settings, concurrency=config.concurrency,
                                   check=runtime.start, on_shutdown=runtime.close)
     cls.index_runtime = runtime  # tests and benchmarks reach the process's runtime through the class

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import orjson
-from redis.asyncio import Redis
 
+from taskkit.connection import QueueRedis
 from taskkit.deadletter import DeadLetterQueue
 from taskkit.errors import JobConflict, JobNotFound
 from taskkit.keys import DEFAULT_PREFIX, Keys
@@ -108,10 +108,13 @@ class Inspector:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, redis_url: str, *, prefix: str = DEFAULT_PREFIX, user: str = "unknown",
+    async def connect(cls, queue_redis: QueueRedis | str, *, prefix: str = DEFAULT_PREFIX, user: str = "unknown",
                       timeout_s: float = 5.0) -> AsyncIterator[Inspector]:
-        """An Inspector on its own Redis connection (closed on exit), for one-shot callers such as the CLI."""
-        redis = Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        """An Inspector on its own client of the queues' Redis (a QueueRedis, or a redis:// URL with `timeout_s`),
+        closed on exit, for one-shot callers such as the CLI."""
+        if isinstance(queue_redis, str):
+            queue_redis = QueueRedis(url=queue_redis, timeout_s=timeout_s)
+        redis = queue_redis.client()
         try:
             yield cls(redis, prefix=prefix, user=user)
         finally:

@@ -6,6 +6,10 @@ depth against the watermarks (with hysteresis), and writes ARQ's own job key and
 ARQ worker runs the job exactly as if ARQ had enqueued it. `enqueue_many` does the same for a whole
 request in one script call (taskkit/lua/enqueue_many.lua): one round trip, one watermark decision,
 all or nothing.
+
+Redis replicates asynchronously: a job acknowledged just before a failover may not have reached the replica
+that is promoted. `wait_replicas` closes that window — the script and a WAIT go in one pipeline (WAIT counts
+the writes of its own connection) and the enqueue is acknowledged only once that many replicas have the job.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from arq.jobs import serialize_job
 
 from taskkit import metrics
 from taskkit.backpressure import Watermarks
-from taskkit.errors import QueueFull, UnknownTask
+from taskkit.errors import QueueFull, QueueUnavailable, UnknownTask
 from taskkit.idempotency import DEFAULT_WINDOW_S, Enqueued, KeyFunc, key_for
 from taskkit.keys import DEFAULT_PREFIX, Keys
 from taskkit.scripts import Scripts
@@ -69,23 +73,36 @@ class Producer:
 
     `watermarks` is one Watermarks for every queue, or a mapping queue → Watermarks (queues not in it
     get the defaults); `idempotency_window_s` (default 1 h) is how long a done job's key still dedups.
+    `wait_replicas` > 0: a new job is acknowledged only once that many replicas have it (WAIT, at most
+    `wait_timeout_ms`); fewer → QueueUnavailable (the job may exist: sending again is deduplicated by its key).
     """
 
     def __init__(self, redis: Any, *, prefix: str = DEFAULT_PREFIX,
                  watermarks: Watermarks | Mapping[str, Watermarks] | None = None,
-                 idempotency_window_s: float = DEFAULT_WINDOW_S, job_ttl_s: float = DEFAULT_JOB_TTL_S) -> None:
+                 idempotency_window_s: float = DEFAULT_WINDOW_S, job_ttl_s: float = DEFAULT_JOB_TTL_S,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self._watermarks = watermarks
         self.idempotency_window_s = idempotency_window_s
         self.job_ttl_s = job_ttl_s
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._scripts = Scripts(redis)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Producer:
-        from redis.asyncio import Redis
+        from taskkit.connection import QueueRedis
 
-        return cls(Redis.from_url(url), **kwargs)
+        return cls.from_config(QueueRedis(url=url), **kwargs)
+
+    @classmethod
+    def from_config(cls, queue_redis: Any, **kwargs: Any) -> Producer:
+        """A Producer on its own client of the queues' Redis (taskkit.connection.QueueRedis), with its WAIT
+        setting; `close()` closes the client."""
+        kwargs.setdefault("wait_replicas", queue_redis.wait_replicas)
+        kwargs.setdefault("wait_timeout_ms", queue_redis.wait_timeout_ms)
+        return cls(queue_redis.client(), **kwargs)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -115,7 +132,8 @@ class Producer:
         score = now + int(_defer_s * 1000)
         job = serialize_job(name, args, kwargs, None, now)
         wm = self.watermarks(queue)
-        status, existing, ra_ms, depth, age_ms = await self._scripts.enqueue(
+        status, existing, ra_ms, depth, age_ms = await self._replicated(
+            self._scripts.enqueue, lambda out: out[0] == 1, queue,
             keys=[k.arq_queue(queue), k.job(job_id), k.result(job_id),
                   k.idempotency(queue, token), k.backpressure(queue), k.queues, k.stats(queue)],
             args=[job_id, job, score, int(self.job_ttl_s * 1000) + (score - now),
@@ -170,7 +188,8 @@ class Producer:
         if backpressure and len(first) > wm.high:
             raise ValueError(f"enqueue_many: {len(first)} jobs can never fit under queue {queue!r}'s high "
                              f"watermark ({wm.high}): split the request")
-        out = await self._scripts.enqueue_many(
+        out = await self._replicated(
+            self._scripts.enqueue_many, lambda out: 1 in out[4::2], queue,
             keys=[k.arq_queue(queue), k.backpressure(queue), k.queues, k.stats(queue), *job_keys],
             args=[now, queue, score, int(self.job_ttl_s * 1000) + (score - now), window_ms,
                   wm.high, wm.low, int(wm.max_age_s * 1000), int(wm.min_retry_after_s * 1000),
@@ -194,6 +213,21 @@ class Producer:
             seen.add(i)
             outcomes.append(e)
         return EnqueuedMany(queue=queue, jobs=tuple(outcomes))
+
+    async def _replicated(self, script: Any, wrote: Any, queue: str, *, keys: list[Any], args: list[Any]) -> Any:
+        """Run an enqueue script; with `wait_replicas`, WAIT on the same connection and refuse to acknowledge a
+        write (`wrote(out)`) fewer replicas have."""
+        if not self.wait_replicas:
+            return await script(keys=keys, args=args)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            out, acked = await pipe.execute()
+        if wrote(out) and acked < self.wait_replicas:
+            raise QueueUnavailable(queue, f"the job was written but only {acked} of {self.wait_replicas} replicas "
+                                          f"confirmed it within {self.wait_timeout_ms} ms, so a failover could lose "
+                                          "it; send it again (its idempotency key deduplicates)")
+        return out
 
     @staticmethod
     def _resolve(task: Any, queue: str | None, caller: str, param: str) -> tuple[str, str, KeyFunc | None]:

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from taskkit import metrics
 from taskkit.backpressure import AimdController, AimdPolicy
+from taskkit.connection import QueueRedis
 from taskkit.deadletter import DeadLetterPolicy, DeadLetterQueue, DeathHook
 from taskkit.errors import WorkerLost
 from taskkit.idempotency import DEFAULT_WINDOW_S, mark_done
@@ -130,7 +131,10 @@ class Runtime:
             await self.retries.clear(self.queue, ctx["job_id"])
         token = self.keys.idem_token_of_job(self.queue, ctx["job_id"])
         if token is not None:  # enqueued with an idempotency key: start its "recently done" window
-            await mark_done(self.redis, self.keys, self.queue, token, ctx["job_id"], self.idempotency_window_s)
+            try:
+                await mark_done(self.redis, self.keys, self.queue, token, ctx["job_id"], self.idempotency_window_s)
+            except RedisError as exc:  # the job did succeed: a lost marker only shortens its dedup window
+                log.warning("job %s: done, but its idempotency marker was not written (%s)", ctx["job_id"], exc)
         self.completed += 1
         self._completed_counters[spec.name].inc()
         return result
@@ -320,9 +324,10 @@ def worker_settings(queue: str, tasks: Sequence[Any], *, redis_settings: RedisSe
 class ServiceConfig(Protocol):
     """What a service worker needs from the settings the edge loaded (hotpath's CommonSettings has it)."""
 
-    redis_url: str
-    redis_timeout_s: float
     taskkit_prefix: str
+
+    def queue_redis_config(self) -> QueueRedis:
+        """The queues' Redis (one node, or a Sentinel-managed master)."""
 
 
 # A service worker's drain on SIGTERM: running jobs get this long to finish, then they run again elsewhere.
@@ -332,32 +337,33 @@ SHUTDOWN_DRAIN_S = 8
 def service_worker_settings(queue: str, tasks: Sequence[Any], settings: ServiceConfig, *, concurrency: int,
                             check: Callable[[Any], Awaitable[None]] | None = None, **kwargs: Any) -> type:
     """The WorkerSettings of one of hotpath's workers (`hotpath worker <kind>`, `arq <kind>_worker.worker.
-    WorkerSettings`): Redis URL, timeout and key prefix from `settings`, `ctx["settings"] = settings`,
-    `await check(settings)` at start-up (a dependency that does not answer stops the worker at once, with
-    the setting to fix), SIGTERM handled with a drain of SHUTDOWN_DRAIN_S. `kwargs` go to worker_settings.
+    WorkerSettings`): the queues' Redis (`settings.queue_redis_config()`; a Cluster node is refused at start-up)
+    and key prefix from `settings`, `ctx["settings"] = settings`, `await check(settings)` at start-up (a
+    dependency that does not answer stops the worker at once, with the setting to fix), SIGTERM handled with a
+    drain of SHUTDOWN_DRAIN_S. `kwargs` go to worker_settings.
 
     So a worker module holds only what differs: its queue, its tasks, its check and its concurrency.
     """
 
+    queue_redis = settings.queue_redis_config()
+
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["settings"] = settings
+        await queue_redis.check()
         if check is not None:
             await check(settings)
 
     extra = {"handle_signals": True, "job_completion_wait": SHUTDOWN_DRAIN_S, **kwargs.pop("extra", {})}
     return worker_settings(
         queue, tasks,
-        redis_settings=redis_settings_from_url(settings.redis_url, conn_timeout=int(max(1, settings.redis_timeout_s))),
+        redis_settings=queue_redis.arq_settings(),
         concurrency=concurrency, prefix=settings.taskkit_prefix, on_startup=startup, extra=extra, **kwargs,
     )
 
 
 def redis_settings_from_url(url: str, **kwargs: Any) -> RedisSettings:
-    """ARQ RedisSettings from a redis:// URL (a thin alias of RedisSettings.from_dsn)."""
-    s = RedisSettings.from_dsn(url)
-    for k, v in kwargs.items():
-        setattr(s, k, v)
-    return s
+    """ARQ RedisSettings of one node from a redis:// URL (QueueRedis(url).arq_settings(**kwargs))."""
+    return QueueRedis(url=url).arq_settings(**kwargs)
 
 
 __all__ = ["Runtime", "ServiceConfig", "redis_settings_from_url", "service_worker_settings", "worker_settings"]

@@ -23,6 +23,7 @@ BREAKER_STATE = Gauge(
     "Circuit breaker state per origin instance: 0 closed, 1 half-open, 2 open",
     ["instance"],
     registry=REGISTRY,
+    multiprocess_mode="livemax",  # --workers N: the most open any process's breaker is
 )
 ORIGIN_SECONDS = Histogram(
     "hotpath_origin_seconds",

@@ -1,7 +1,8 @@
 """A worker app for subprocess tests, run as `arq tests.taskkit.app_worker.WorkerSettings` (ARQ's Worker)
 or `python -m tests.taskkit.app_worker` (taskkit's FastWorker on uvloop).
 
-Configured from TK_TEST_* environment variables (a test reads its environment; taskkit never does).
+Configured from TK_TEST_* environment variables (a test reads its environment; taskkit never does); with
+TK_TEST_SENTINELS (`host:port,…`) its Redis is the master TK_TEST_SENTINEL_MASTER that those Sentinels name.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from pathlib import Path
 
 from taskkit import RetryPolicy, task, worker_settings
-from taskkit.worker import redis_settings_from_url
+from taskkit.connection import QueueRedis, parse_sentinels
 
 PREFIX = os.environ.get("TK_TEST_PREFIX", "hptest:unset:")
 QUEUE = "app"
@@ -39,7 +40,9 @@ async def apply_effect(ctx, n: int, amount: int) -> int:
 
 WorkerSettings = worker_settings(
     QUEUE, [apply_effect],
-    redis_settings=redis_settings_from_url(os.environ.get("TK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")),
+    redis_settings=QueueRedis(url=os.environ.get("TK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                              sentinels=parse_sentinels(os.environ.get("TK_TEST_SENTINELS", "")),
+                              sentinel_master=os.environ.get("TK_TEST_SENTINEL_MASTER", "mymaster")).arq_settings(),
     prefix=PREFIX, concurrency=int(os.environ.get("TK_TEST_CONCURRENCY", "20")), poll_delay_s=0.005,
     health_interval_s=0.5,
 )
