@@ -47,7 +47,7 @@ class CommonSettings(_Base):
     queue_redis_url: str = Field("", description="Redis URL of the task queues (taskkit/ARQ: producers, workers, the ops CLI, the index version guard): one node, never a Cluster. Empty: HOTPATH_REDIS_URL when that is one node. With HOTPATH_QUEUE_SENTINELS it gives only the database, credentials and TLS (`redis://:password@/0`).")
     queue_sentinels: str = Field("", description="Redis Sentinels of the task queues, `host:port,host:port`: the queues' Redis is then the master HOTPATH_QUEUE_SENTINEL_MASTER that they name, followed across failovers.")
     queue_sentinel_master: str = Field("mymaster", description="Name of the queues' master as the Sentinels know it (`sentinel monitor <name> …`).")
-    queue_wait_replicas: int = Field(0, ge=0, le=16, description="An enqueue is acknowledged only once this many replicas have the job (Redis WAIT after the enqueue; fewer within HOTPATH_QUEUE_WAIT_TIMEOUT_MS → 503, sending again is deduplicated). 0: at once; a failover can then lose the jobs of the last few milliseconds (README: Task queues on their own Redis).")
+    queue_wait_replicas: int = Field(0, ge=0, le=16, description="An enqueue is acknowledged only once this many replicas have the job (Redis WAIT after the enqueue; fewer within HOTPATH_QUEUE_WAIT_TIMEOUT_MS → 503, sending again is deduplicated). 0: at once; a failover can then lose jobs acknowledged just before it, or while the old primary still takes writes (README: Task queues on their own Redis).")
     queue_wait_timeout_ms: int = Field(1000, ge=1, le=60_000, description="Longest an enqueue waits for HOTPATH_QUEUE_WAIT_REPLICAS replicas, milliseconds.")
 
     @field_validator("redis_url")

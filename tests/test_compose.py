@@ -188,3 +188,82 @@ def test_minio_posts_its_events_to_the_storage_event_route_with_the_api_token():
     buckets = " ".join(COMPOSE["services"]["minio-buckets"]["command"])
     assert f"mc event add --ignore-existing local/uploads arn:minio:sqs::{target}:webhook --event put,delete" in buckets
     assert COMPOSE["services"]["thumb-worker"]["environment"]["MALLOC_ARENA_MAX"] == "2"
+
+
+# --- compose.cluster.yml: the scaled-out topology, merged over compose.yml ------------------------------
+
+CLUSTER = yaml.safe_load((ROOT / "compose.cluster.yml").read_text())
+
+
+def merged(base: dict, override: dict) -> dict:
+    """`docker compose -f base -f override` for what these tests read: services' mappings (environment,
+    depends_on) merge key by key, other fields are replaced."""
+    services = {name: dict(svc) for name, svc in base["services"].items()}
+    for name, svc in override["services"].items():
+        into = services.setdefault(name, {})
+        for key, value in svc.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                into[key] = {**into[key], **value}
+            else:
+                into[key] = value
+    return {"services": services, "volumes": {**(base.get("volumes") or {}), **(override.get("volumes") or {})}}
+
+
+MERGED = merged(COMPOSE, CLUSTER)
+
+
+def test_cluster_file_overrides_only_known_services_and_variables():
+    for name, svc in CLUSTER["services"].items():
+        if "image" not in svc:  # an override of a compose.yml service
+            assert name in COMPOSE["services"], f"compose.cluster.yml overrides {name}, which compose.yml lacks"
+        for var in svc.get("environment") or {}:
+            if var.startswith("HOTPATH_"):
+                assert var in KNOWN_VARS, f"compose.cluster.yml, service {name}: {var} is not a hotpath setting"
+        for dep in svc.get("depends_on") or {}:
+            assert dep in MERGED["services"], f"{name} depends on unknown service {dep}"
+        for vol in svc.get("volumes") or []:
+            src = vol.split(":")[0]
+            assert src.startswith(".") or src in MERGED["volumes"], f"{name}: undeclared volume {src}"
+    assert literal_secrets(CLUSTER) == []
+    for name in _hotpath_services():  # the merged hotpath services still run real subcommands
+        _resolve(_argv(MERGED["services"][name]["command"])[1:])
+
+
+def test_cluster_topology_is_three_masters_with_a_replica_each():
+    nodes = {n: s for n, s in MERGED["services"].items() if "--cluster-enabled" in _argv(s.get("command", []))}
+    assert len(nodes) == 6, sorted(nodes)
+    for name, svc in nodes.items():
+        argv = _argv(svc["command"])
+        assert argv[argv.index("--cluster-enabled") + 1] == "yes", name
+        assert argv[argv.index("--cluster-require-full-coverage") + 1] == "no", name  # docs/cluster.md
+    create = " ".join(_argv(MERGED["services"]["redis-cluster-init"]["command"]))
+    listed = re.findall(r"(redis-node-\d+):6379", create.split("--cluster create", 1)[1])
+    assert sorted(listed) == sorted(nodes) and "--cluster-replicas 1" in create  # 6 nodes, 1 replica each: 3 masters
+    assert set(nodes) <= set(MERGED["services"]["redis-cluster-init"]["depends_on"])
+
+
+def test_cluster_deployment_keeps_the_queues_off_the_cluster_behind_sentinels():
+    from hotpath.settings import ApiSettings
+    from taskkit.connection import parse_sentinels
+
+    for name in ("api", "index-worker", "thumb-worker"):
+        env = MERGED["services"][name]["environment"]
+        assert env["HOTPATH_REDIS_CLUSTER"] == "true"
+        seeds = {u.split("//")[1].split(":")[0] for u in env["HOTPATH_REDIS_URL"].split(",")}
+        assert seeds <= set(MERGED["services"]), seeds
+        # the settings accept it, and the queues resolve to the Sentinels' master, not to the cluster
+        s = ApiSettings(redis_url=env["HOTPATH_REDIS_URL"], redis_cluster=True,
+                        queue_redis_url=env["HOTPATH_QUEUE_REDIS_URL"], queue_sentinels=env["HOTPATH_QUEUE_SENTINELS"],
+                        queue_sentinel_master=env["HOTPATH_QUEUE_SENTINEL_MASTER"],
+                        queue_wait_replicas=int(env["HOTPATH_QUEUE_WAIT_REPLICAS"]), jwt_keys={"k": "k" * 40})
+        queue = s.queue_redis_config()
+        assert queue.sentinel and queue.sentinel_master == env["HOTPATH_QUEUE_SENTINEL_MASTER"]
+        sentinels = {h for h, _ in parse_sentinels(env["HOTPATH_QUEUE_SENTINELS"])}
+        assert sentinels <= set(MERGED["services"]) and not sentinels & seeds
+        for sentinel in sentinels:  # each monitors the queues' master by that name, on the single-node `redis`
+            script = " ".join(_argv(MERGED["services"][sentinel]["command"]))
+            assert f"sentinel monitor {queue.sentinel_master} redis 6379" in script, sentinel
+    replica = _argv(MERGED["services"]["redis-queue-replica"]["command"])
+    assert replica[replica.index("--replicaof") + 1:replica.index("--replicaof") + 3] == ["redis", "6379"]
+    assert "--cluster-enabled" not in _argv(MERGED["services"]["redis"]["command"])
+    assert int(MERGED["services"]["api"]["environment"]["HOTPATH_API_WORKERS"]) >= 2
