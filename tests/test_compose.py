@@ -267,3 +267,31 @@ def test_cluster_deployment_keeps_the_queues_off_the_cluster_behind_sentinels():
     assert replica[replica.index("--replicaof") + 1:replica.index("--replicaof") + 3] == ["redis", "6379"]
     assert "--cluster-enabled" not in _argv(MERGED["services"]["redis"]["command"])
     assert int(MERGED["services"]["api"]["environment"]["HOTPATH_API_WORKERS"]) >= 2
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping with a key given twice (compose would take the last silently)."""
+
+
+def _no_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        assert key not in seen, f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping"
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+@pytest.mark.parametrize("name", ["compose.yml", "compose.cluster.yml"])
+def test_no_key_is_given_twice(name):
+    yaml.load((ROOT / name).read_text(), Loader=_UniqueKeyLoader)
+
+
+def test_the_duplicate_check_catches_a_duplicate():
+    with pytest.raises(AssertionError, match="appears twice"):
+        yaml.load("a:\n  x: 1\n  x: 2\n", Loader=_UniqueKeyLoader)
