@@ -23,7 +23,8 @@ from jwt.algorithms import RSAAlgorithm
 from cacheman.errors import ScopeMissing, TenantForbidden, Unauthorized
 from cacheman.ratelimit import RateLimiter, limiter_from_settings
 
-__all__ = ["ALL_TENANTS", "SCOPES", "Principal", "TokenVerifier", "Unauthorized", "mint_token", "require"]
+__all__ = ["ALL_TENANTS", "SCOPES", "Principal", "TokenVerifier", "Unauthorized", "authorize", "bearer_token", "mint_token",
+           "require"]
 
 SCOPES = ("cache:read", "cache:write", "index:write", "ops")
 ALL_TENANTS = "*"
@@ -182,11 +183,42 @@ def get_limiter(app) -> RateLimiter:
     return limiter
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value, as HTTPBearer(auto_error=False) reads it."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if not (scheme and token) or scheme.lower() != "bearer":
+        return None
+    return token
+
+
+async def authorize(app, scope: str, token: str | None, authorization: str | None, tenant: str | None) -> Principal:
+    """Every check of `require(scope)`: the bearer `token` (None: the raw `authorization` header said why not),
+    its scope, the tenant and the tenant's rate limit. Raises the 401 / 403 / 429 problems; returns the Principal."""
+    if token is None:
+        if authorization:
+            raise Unauthorized("Authorization header must be `Bearer <token>`")
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)", missing=True)
+    principal = get_verifier(app).verify(token)
+    if scope not in principal.scopes:
+        raise ScopeMissing(f"token of {principal.sub!r} lacks scope {scope!r}; mint one with it (`hotpath token`)",
+                           scope=scope)
+    if tenant is not None:
+        if not principal.may_access(tenant):
+            raise TenantForbidden(f"token of {principal.sub!r} may not access tenant {tenant!r}; its `tenants` claim "
+                                  "must list it (or be \"*\")", tenant=tenant)
+        await get_limiter(app).acquire(tenant)
+    return principal
+
+
 def require(scope: str):
     """FastAPI dependency factory: authenticate, check `scope` and the `{tenant}` path parameter, rate-limit.
 
     Returns the Principal. 401 no/bad/expired token; 403 wrong tenant or missing scope; 429 over the
     tenant's rate limit (only for callers that passed authorisation, so strangers cannot drain a bucket).
+    The checks are `authorize()`, which the pure-ASGI membership fast path (cacheman/routes.py) calls too.
     """
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; expected one of {', '.join(SCOPES)}")
@@ -195,21 +227,9 @@ def require(scope: str):
         request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
     ) -> Principal:
         if credentials is None:
-            header = request.headers.get("authorization")
-            if header:
-                raise Unauthorized("Authorization header must be `Bearer <token>`")
-            raise Unauthorized("missing bearer token (Authorization: Bearer <token>)", missing=True)
-        principal = get_verifier(request.app).verify(credentials.credentials)
-        if scope not in principal.scopes:
-            raise ScopeMissing(f"token of {principal.sub!r} lacks scope {scope!r}; mint one with it (`hotpath token`)",
-                               scope=scope)
-        tenant = request.path_params.get("tenant")
-        if tenant is not None:
-            if not principal.may_access(tenant):
-                raise TenantForbidden(f"token of {principal.sub!r} may not access tenant {tenant!r}; its `tenants` claim "
-                                      "must list it (or be \"*\")", tenant=tenant)
-            await get_limiter(request.app).acquire(tenant)
-        return principal
+            return await authorize(request.app, scope, None, request.headers.get("authorization"), None)
+        return await authorize(request.app, scope, credentials.credentials, None, request.path_params.get("tenant"))
 
     dependency.__name__ = f"require_{scope.replace(':', '_')}"
+    dependency.scope = scope  # type: ignore[attr-defined]
     return dependency

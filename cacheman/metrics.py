@@ -7,9 +7,10 @@ origin, and why" — the numbers the cache exists to keep small.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Gauge
 
 from cacheman.observability import REGISTRY
+from cacheman.observability import LabelledCounter as Counter
 
 HITS = Counter("hotpath_cache_hits_total", "Reads answered from Redis", ["entity"], registry=REGISTRY)
 MISSES = Counter("hotpath_cache_misses_total", "Reads that had to load from the origin (lease holder)", ["entity"], registry=REGISTRY)

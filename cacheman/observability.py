@@ -3,6 +3,8 @@
 Pure ASGI (not BaseHTTPMiddleware): it adds no extra task or body copy on the hot path. It is also the
 boundary for unhandled errors: it logs the traceback with the request id and answers `on_error(scope)`
 (the 500 problem), because Starlette's ServerErrorMiddleware runs outside it, after the request id is gone.
+Why no LogRecord per request: when the one handler of `cacheman.access` takes prebuilt lines (`emit_fields`,
+hotpath.logs.JsonLinesHandler), the line goes to its buffer directly; any other set-up gets ordinary records.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from contextvars import ContextVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -20,6 +21,19 @@ error_log = logging.getLogger("cacheman")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class LabelledCounter(Counter):
+    """A Counter whose labels() finds an existing child with one dict lookup: prometheus_client's takes a lock and
+    converts every value on every call. Keys equal to the str-converted values (str, StrEnum) hit; others fall back."""
+
+    def labels(self, *values, **kwargs):
+        try:
+            return self._metrics[values]
+        except (KeyError, AttributeError, TypeError):  # new child, kwargs, a child or unlabelled metric, unhashable
+            return super().labels(*values, **kwargs)
+
+
 _merged: CollectorRegistry | None = None
 
 
@@ -38,6 +52,7 @@ def scrape_registry() -> CollectorRegistry:
         multiprocess.MultiProcessCollector(_merged, path=path)
     return _merged
 
+
 HTTP_REQUESTS = Counter(
     "hotpath_http_requests_total", "HTTP requests by route and status class", ["route", "method", "status"], registry=REGISTRY
 )
@@ -53,6 +68,47 @@ HTTP_LATENCY = Histogram(
 )
 
 _MAX_RID = 128
+_INFO = logging.INFO
+# (route, method, status) -> (requests counter, latency histogram, errors counter | None): labels() takes a lock and
+# validates its arguments on every call, so each request's series are looked up once per process.
+_SERIES: dict[tuple[str, str, int], tuple] = {}
+_MAX_SERIES = 10_000  # the method comes from the client
+
+
+def _series(route: str, method: str, status: int) -> tuple:
+    key = (route, method, status)
+    series = _SERIES.get(key)
+    if series is None:
+        if len(_SERIES) >= _MAX_SERIES:
+            _SERIES.clear()
+        series = _SERIES[key] = (HTTP_REQUESTS.labels(route, method, str(status)), HTTP_LATENCY.labels(route, method),
+                                 HTTP_ERRORS.labels(route, method) if status >= 500 else None)
+    return series
+
+
+def access_sink():
+    """The handler that alone receives `cacheman.access`'s INFO records, when it takes prebuilt lines
+    (`emit_fields`) and no filter looks at them; None: log through logging (several handlers, caplog, none)."""
+    found = None
+    logger = log
+    while logger is not None:
+        if logger.filters:
+            return None
+        for h in logger.handlers:
+            if found is not None or h.filters or h.level > _INFO or not hasattr(h, "emit_fields"):
+                return None
+            found = h
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return found
+
+
+def flush_access_log() -> None:
+    """Write out buffered access lines now (the API's shutdown; also done by logging.shutdown at exit)."""
+    sink = access_sink()
+    if sink is not None:
+        sink.flush()
 
 
 def _route_template(scope) -> str:
@@ -66,7 +122,7 @@ class RequestContextMiddleware:
 
     def __init__(self, app, quiet_paths: tuple[str, ...] = ("/livez", "/metrics"), on_error=None) -> None:
         self.app = app
-        self.quiet = quiet_paths
+        self.quiet = frozenset(quiet_paths)
         self.on_error = on_error  # scope -> ASGI response for an unhandled exception (None: re-raise)
 
     async def __call__(self, scope, receive, send):
@@ -79,7 +135,7 @@ class RequestContextMiddleware:
                 rid = v.decode("latin-1")[:_MAX_RID]
                 break
         if not rid:
-            rid = uuid.uuid4().hex
+            rid = os.urandom(16).hex()
         token = request_id_var.set(rid)
         rid_header = (b"x-request-id", rid.encode("latin-1"))
         status = 500
@@ -91,7 +147,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
-                message["headers"] = [*message.get("headers", []), rid_header]
+                message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
         try:
@@ -106,20 +162,18 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             route = _route_template(scope)
             method = scope["method"]
-            HTTP_REQUESTS.labels(route, method, str(status)).inc()
-            HTTP_LATENCY.labels(route, method).observe(elapsed)
-            if status >= 500:
-                HTTP_ERRORS.labels(route, method).inc()
-            if scope["path"] not in self.quiet and log.isEnabledFor(logging.INFO):
-                log.info(
-                    "request",
-                    extra={
-                        "request_id": rid,
-                        "method": method,
-                        "path": scope["path"],
-                        "route": route,
-                        "status": status,
-                        "ms": round(elapsed * 1000, 3),
-                    },
-                )
+            requests, latency, errors = _series(route, method, status)
+            requests.inc()
+            latency.observe(elapsed)
+            if errors is not None:
+                errors.inc()
+            path = scope["path"]
+            if path not in self.quiet and log.isEnabledFor(_INFO):
+                fields = {"request_id": rid, "method": method, "path": path, "route": route, "status": status,
+                          "ms": round(elapsed * 1000, 3)}
+                sink = access_sink()
+                if sink is not None:
+                    sink.emit_fields("cacheman.access", "request", fields)
+                else:
+                    log.info("request", extra=fields)
             request_id_var.reset(token)

@@ -14,12 +14,10 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials
-from fastapi.security.utils import get_authorization_scheme_param
 from starlette.middleware import Middleware
 
 from cacheman import problems
-from cacheman.auth import require
+from cacheman.auth import authorize, bearer_token, require
 from cacheman.cache import CacheConfig, CacheService, Result
 from cacheman.errors import NotMember, PayloadTooLarge, ProblemError, RoomNotFound, ValidationFailed
 from cacheman.events import EventApplier
@@ -38,6 +36,7 @@ from cacheman.models import (
     UserRoomsOut,
 )
 from cacheman.nearcache import NearCache
+from cacheman.observability import flush_access_log
 from cacheman.redisconn import RedisConfig, subscriber
 from cacheman.stream import StreamConsumer
 
@@ -47,8 +46,8 @@ Tenant = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LEN, descript
 RoomId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LEN, description="Room id. " + _ID_DOC)]
 UserId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LEN, description="User id. " + _ID_DOC)]
 
-READ_DEP = require("cache:read")
-READ = [Depends(READ_DEP)]
+READ_SCOPE = "cache:read"
+READ = [Depends(require(READ_SCOPE))]
 WRITE = [Depends(require("cache:write"))]
 _CACHE_HEADERS = {
     "X-Cache": {"description": "hit | miss | stale (origin down, expired copy) | bypass (Redis down, origin answered)", "schema": {"type": "string"}},
@@ -80,6 +79,9 @@ _JSON = (b"content-type", b"application/json")
 _PROBLEM = (b"content-type", problems.MEDIA_TYPE.encode())
 
 
+_X_CACHE: dict[str, tuple[bytes, bytes]] = {}
+
+
 class CachedResponse(Response):
     """A cache answer with X-Cache and Age. Its raw headers are built directly: Starlette's header
     initialisation is most of the cost of a small response, on the hottest paths (hits, cached 404s)."""
@@ -88,8 +90,10 @@ class CachedResponse(Response):
         self.status_code = code
         self.body = body
         self.background = None
-        self.raw_headers = [(b"content-length", str(len(body)).encode()), content_type,
-                            (b"x-cache", str(status).encode()), (b"age", str(age).encode())]
+        x_cache = _X_CACHE.get(status)
+        if x_cache is None:
+            x_cache = _X_CACHE[status] = (b"x-cache", str(status).encode())
+        self.raw_headers = [(b"content-length", b"%d" % len(body)), content_type, x_cache, (b"age", b"%d" % age)]
 
 
 def _json(body, status: str, age: int) -> Response:
@@ -155,31 +159,25 @@ class BodyLimitMiddleware:
             f"Send at most {MAX_BATCH} items per batch."), scope, send)
 
 
-async def membership_response(cache: CacheService, tenant: str, room_id: str, user_id: str, path: str) -> Response:
-    """200 {room_id, user_id, role}, or 404 not-member / room-not-found; X-Cache and Age either way."""
+async def membership_response(cache: CacheService, tenant: str, room_id: str, user_id: str, scope) -> Response:
+    """200 {room_id, user_id, role}, or 404 not-member / room-not-found (`instance`: the path of `scope`);
+    X-Cache and Age either way."""
     res, exists = await cache.member_role(tenant, room_id, user_id)
     if res.value is None:
+        path = problems.instance(scope)
         if not exists:
             return _not_found(RoomNotFound, f"room {room_id!r} not found", path, res)
         return _not_found(NotMember, f"user {user_id!r} is not a member of room {room_id!r}", path, res)
     return _json({"room_id": room_id, "user_id": user_id, "role": res.value}, res.status, res.age_s)
 
 
-def _bearer_credentials(request: Request) -> HTTPAuthorizationCredentials | None:
-    """What `HTTPBearer(auto_error=False)` (cacheman.auth) hands the auth dependency."""
-    authorization = request.headers.get("authorization")
-    scheme, credentials = get_authorization_scheme_param(authorization)
-    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
-        return None
-    return HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials)
-
-
 class MembershipFastPath:
     """Pure ASGI: answers GET /v1/{tenant}/rooms/{room_id}/members/{user_id} without FastAPI's routing and
-    dependency solving, which are most of the CPU of a cache hit. Same auth dependency (401/403/429), same
-    problem rendering (503), same response as the route; an unexpected exception goes up to
-    RequestContextMiddleware (500); anything else, including an id that does not match the pattern (→ the
-    route's 422), goes through the normal stack."""
+    dependency solving, which are most of the CPU of a cache hit. Same auth checks as the route's dependency
+    (cacheman.auth.authorize: 401/403/429, the token read from the raw header as HTTPBearer reads it, no
+    Request object), same problem rendering (503), same response as the route; an unexpected exception goes
+    up to RequestContextMiddleware (500); anything else, including an id that does not match the pattern
+    (→ the route's 422), goes through the normal stack."""
 
     def __init__(self, app, route=None) -> None:
         self.app = app
@@ -201,10 +199,15 @@ class MembershipFastPath:
         scope["path_params"] = {"tenant": tenant, "room_id": room_id, "user_id": user_id}
         if self.route is not None:
             scope["route"] = self.route
-        request = Request(scope, receive)
+        authorization = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                authorization = v.decode("latin-1")
+                break
+        app = scope["app"]
         try:
-            await READ_DEP(request, _bearer_credentials(request))
-            response = await membership_response(request.app.state.cache, tenant, room_id, user_id, problems.instance(scope))
+            await authorize(app, READ_SCOPE, bearer_token(authorization), authorization, tenant)
+            response = await membership_response(app.state.cache, tenant, room_id, user_id, scope)
         except ProblemError as exc:
             response = problems.response_of(exc, scope)
         await response(scope, receive, send)
@@ -240,6 +243,7 @@ async def _startup(app: FastAPI) -> None:
 
 
 async def _shutdown(app: FastAPI) -> None:
+    flush_access_log()
     if getattr(app.state, "stream_consumer", None) is not None:
         await app.state.stream_consumer.stop()
     if getattr(app.state, "near", None) is not None:
@@ -276,7 +280,7 @@ def build_router() -> APIRouter:
         # form and the fallback. Ids are checked with one precompiled regex (same 422 as FastAPI's).
         p = request.path_params
         tenant, room_id, user_id = _ids(tenant=p["tenant"], room_id=p["room_id"], user_id=p["user_id"])
-        return await membership_response(_cache(request), tenant, room_id, user_id, problems.instance(request.scope))
+        return await membership_response(_cache(request), tenant, room_id, user_id, request.scope)
 
     @router.get("/users/{user_id}/rooms", dependencies=READ, response_model=UserRoomsOut, responses={200: _ok(UserRoomsOut)},
                 summary="Rooms of a user (sorted ids).")

@@ -215,3 +215,46 @@ async def test_the_real_app_answers_429_on_its_routes_and_on_the_membership_fast
             assert other.status_code == 200 and other.json()["role"] == "member"
     finally:
         await origin.aclose()
+
+
+async def test_the_next_batch_is_fetched_ahead_so_steady_requests_never_wait_for_redis(redis_client, key_prefix):
+    """A steady stream of requests spends local tokens while the next batch is fetched in the background (at half a
+    batch left): only the very first request waits for a Redis round trip, and no refusal, no extra batch."""
+    limiter = RateLimiter(redis_client, prefix=key_prefix.rstrip(":"), rate_per_s=4000, burst=4000)
+    assert batch_size(4000, 4000) == 40
+    calls = 0
+    real = limiter._script
+
+    async def slow_counting(**kw):
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.005)  # a Redis round trip under load
+        return await real(**kw)
+
+    limiter._script = slow_counting
+    waited = []
+    for i in range(400):
+        t0 = asyncio.get_running_loop().time()
+        await limiter.acquire("acme")
+        if asyncio.get_running_loop().time() - t0 >= 0.004:
+            waited.append(i)
+        await asyncio.sleep(0.0005)  # the next request arrives: the loop runs meanwhile (here, the refill)
+    assert waited == [0], waited  # without the refill ahead: every 40th request waited 5 ms
+    assert 10 <= calls <= 12, calls  # 400 tokens in batches of 40, plus at most the batches still being spent
+    local = limiter._local["acme"]
+    assert local[0] <= 40 + 20  # what is left locally: at most one batch and the half batch that triggered it
+
+
+async def test_no_refill_ahead_for_a_slow_tenant_or_a_refused_bucket(redis_client, key_prefix):
+    limiter = RateLimiter(redis_client, prefix=key_prefix.rstrip(":"), rate_per_s=0.01, burst=3)
+    assert batch_size(0.01, 3) == 1
+    results = []
+    for _ in range(5):
+        try:
+            await limiter.acquire("acme")
+            results.append("ok")
+        except RateLimited:
+            results.append("429")
+        await asyncio.sleep(0.01)
+    assert results == ["ok", "ok", "ok", "429", "429"]  # single tokens, none fetched ahead and left unspent
+    assert not limiter._ahead and not limiter._inflight
