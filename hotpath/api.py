@@ -22,6 +22,7 @@ from cacheman.app import create_app
 from cacheman.auth import require
 from cacheman.errors import DependencyUnavailable, Unauthorized
 from cacheman.observability import REGISTRY, scrape_registry
+from hotpath import tracing
 from index_worker import intake, search
 from index_worker.config import QUEUE, EmbedderConfig, StoreConfig
 from index_worker.search import Searcher, SearchUnavailable
@@ -143,6 +144,7 @@ def build_api(settings: Any, *, origin: Any = None, redis_client: Any = None, qu
 
     app.add_exception_handler(SearchUnavailable, search_unavailable)
     _bridge_metrics()
+    tracing.instrument_app(app)  # a no-op unless this process set tracing up (hotpath/tracing.py)
     return app
 
 
@@ -154,6 +156,7 @@ def app_factory() -> FastAPI:
 
     settings = load(ApiSettings)
     setup_logging(f"api:{os.getpid()}", settings.log_level)  # which of the processes wrote a line
+    tracing.setup("api", settings.tracing)
     return build_api(settings)
 
 
@@ -165,4 +168,5 @@ def serve(settings: Any) -> None:
     if settings.api_workers > 1:
         serve_app(settings, factory="hotpath.api:app_factory", workers=settings.api_workers)
     else:
+        tracing.setup("api", settings.tracing)  # with N processes each one sets it up in app_factory
         serve_app(settings, app=build_api(settings))

@@ -110,6 +110,9 @@ def worker(kind: WorkerKind = typer.Argument(..., help="Which worker: index (Mil
     settings = _settings(cls)
     _check_queue_redis(settings)
     setup_logging(f"worker-{kind.value}", settings.log_level)
+    from hotpath import tracing
+
+    tracing.setup(f"worker-{kind.value}", settings.tracing)  # before any client exists: the instrumentations wrap them
     if kind is WorkerKind.index:
         from index_worker.worker import build_worker_settings
     else:

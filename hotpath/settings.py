@@ -37,6 +37,7 @@ class CommonSettings(_Base):
     )
     redis_timeout_s: float = Field(2.0, gt=0, description="Connect and command timeout for every Redis call, seconds.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (JSON lines on stderr).")
+    tracing: Literal["auto", "off", "otlp", "console"] = Field("auto", description="OpenTelemetry tracing of the API and the workers (README: Tracing): `otlp` exports to the collector the standard OTEL_EXPORTER_OTLP_* variables name, `console` prints spans as JSON lines on stdout, `off` installs nothing; `auto` is `otlp` when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set, else `off`.")
     data_dir: str = Field(".hotpath", description="Where `hotpath dev` keeps its data (SQLite origin, Milvus Lite, logs).")
     taskkit_prefix: str = Field(
         "hp:tk:",

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from opentelemetry import trace
 
 from index_worker import metrics
 from index_worker.embed import vector_problem
@@ -24,8 +27,24 @@ ID_MAX_BYTES = 128  # tenant, room, message and sender ids
 PK_MAX_BYTES = 2 * ID_MAX_BYTES + 1
 MODEL_MAX_BYTES = 256
 MILVUS_MESSAGE_LIMIT = 64 * 1024 * 1024  # Milvus's default gRPC message limit
+_tracer = trace.get_tracer("index_worker")
 FIELDS = ("pk", "tenant_id", "room_id", "message_id", "sender", "text", "created_at", "version", "model")
 INT64_MAX = 2**63 - 1
+
+
+def _traced(call: Any, method: str, collection: str) -> Any:
+    """`call` for the store's threads: run in the caller's context (run_in_executor does not carry it), inside a
+    Milvus client span, so the batch's or the request's span is its parent and pymilvus's gRPC span its child."""
+    ctx = contextvars.copy_context()
+
+    def run() -> Any:
+        with _tracer.start_as_current_span(f"milvus {method}", kind=trace.SpanKind.CLIENT) as span:
+            if span.is_recording():
+                span.set_attributes({"db.system.name": "milvus", "db.operation.name": method,
+                                     "db.collection.name": collection})
+            return call()
+
+    return functools.partial(ctx.run, run)
 
 
 class _PymilvusToRoot(logging.Handler):
@@ -232,7 +251,8 @@ class MilvusStore:
                         self._client = await self._wait(loop.run_in_executor(self._executor, self._connect))
                     except Exception as exc:
                         raise to_task_error(exc, f"connect to {self.uri}") from exc
-        call = functools.partial(getattr(self._client, method), *args, timeout=self.timeout_s, **kwargs)
+        call = _traced(functools.partial(getattr(self._client, method), *args, timeout=self.timeout_s, **kwargs),
+                       method, self.collection)
         started = time.perf_counter()
         try:
             return await self._wait(loop.run_in_executor(self._executor, call))

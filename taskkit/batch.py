@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from taskkit import metrics
+from taskkit import metrics, tracing
 from taskkit.backpressure import AimdController
 from taskkit.errors import RateLimited
 from taskkit.retry import Classifier, RetryPolicy, classify
@@ -85,6 +85,7 @@ class Batcher(Generic[T, R]):
         self.aimd = aimd
         self.calls = 0  # downstream calls made (for tests and benchmarks)
         self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._contexts: list[Any] = []  # the span context of each pending item's job: the batch span links to them
         self._bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -92,6 +93,7 @@ class Batcher(Generic[T, R]):
     def _add(self, item: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((item, fut))
+        self._contexts.append(tracing.job_context())
         self._bytes += self.sizeof(item)
         if len(self._pending) >= self.max_items or (self.max_bytes is not None and self._bytes >= self.max_bytes):
             self._flush()
@@ -120,7 +122,8 @@ class Batcher(Generic[T, R]):
         if not self._pending:
             return
         batch, self._pending, self._bytes = self._pending, [], 0
-        t = asyncio.get_running_loop().create_task(self._run(batch))
+        contexts, self._contexts = self._contexts, []
+        t = asyncio.get_running_loop().create_task(self._traced_run(batch, contexts))
         self._running.add(t)
         t.add_done_callback(self._running.discard)
 
@@ -155,6 +158,10 @@ class Batcher(Generic[T, R]):
             if self.aimd is not None:
                 await self.aimd.ok()
             return results
+
+    async def _traced_run(self, batch: list[tuple[Any, asyncio.Future[Any]]], contexts: list[Any]) -> None:
+        with tracing.batch(self.name, len(batch), contexts):
+            await self._run(batch)
 
     async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         items = [i for i, _ in batch]

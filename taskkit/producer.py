@@ -21,7 +21,7 @@ from typing import Any
 
 from arq.jobs import serialize_job
 
-from taskkit import metrics
+from taskkit import metrics, tracing
 from taskkit.backpressure import Watermarks
 from taskkit.errors import QueueFull, QueueUnavailable, UnknownTask
 from taskkit.idempotency import DEFAULT_WINDOW_S, Enqueued, KeyFunc, key_for
@@ -125,12 +125,21 @@ class Producer:
         when the queue is over its watermark (`_backpressure=False` skips the check, for requeues).
         """
         name, queue, key_func = self._resolve(task, _queue, "enqueue", "_queue=")
+        with tracing.send(name, queue, 1) as span:  # its context rides in the job (taskkit/tracing.py)
+            e = await self._enqueue(span, name, queue, key_func, args, kwargs, _idempotency_key, _defer_s,
+                                    _backpressure)
+            tracing.enqueued(span, [e])
+            return e
+
+    async def _enqueue(self, span: Any, name: str, queue: str, key_func: KeyFunc | None, args: tuple[Any, ...],
+                       kwargs: dict[str, Any], _idempotency_key: str | None, _defer_s: float,
+                       _backpressure: bool) -> Enqueued:
         key = _idempotency_key if _idempotency_key is not None else key_for(key_func, args, kwargs)
         k = self.keys
         token, job_id = self._job_id(queue, key)
         now = int(time.time() * 1000)
         score = now + int(_defer_s * 1000)
-        job = serialize_job(name, args, kwargs, None, now)
+        job = serialize_job(name, args, tracing.carry(kwargs, span), None, now)
         wm = self.watermarks(queue)
         status, existing, ra_ms, depth, age_ms = await self._replicated(
             self._scripts.enqueue, lambda out: out[0] == 1, queue,
@@ -162,6 +171,16 @@ class Producer:
         Redis node). Each job is written exactly as `enqueue` writes it, so ARQ and FastWorker run it.
         """
         name, queue, key_func = self._resolve(task, queue, "enqueue_many", "queue=")
+        with tracing.send(name, queue, 0) as span:  # one span for the one script call; every job carries it
+            many = await self._enqueue_many(span, name, queue, key_func, jobs, defer_s, backpressure)
+            if span.is_recording():
+                span.set_attribute("messaging.batch.message_count", len(many.jobs))
+            tracing.enqueued(span, many.jobs)
+            return many
+
+    async def _enqueue_many(self, span: Any, name: str, queue: str, key_func: KeyFunc | None,
+                            jobs: Iterable[JobSpec | tuple[Any, ...]], defer_s: float,
+                            backpressure: bool) -> EnqueuedMany:
         k = self.keys
         now = int(time.time() * 1000)
         score = now + int(defer_s * 1000)
@@ -182,7 +201,8 @@ class Producer:
             first[job_id] = len(first)
             slot.append(first[job_id])
             job_keys += [k.job(job_id), k.result(job_id), k.idempotency(queue, token)]
-            job_args += [job_id, serialize_job(name, args, kwargs, None, now), 1 if key and window_ms > 0 else 0]
+            job_args += [job_id, serialize_job(name, args, tracing.carry(kwargs, span), None, now),
+                         1 if key and window_ms > 0 else 0]
         if not slot:
             return EnqueuedMany(queue=queue, jobs=())
         if backpressure and len(first) > wm.high:

@@ -36,6 +36,8 @@ from taskkit.retry import PERMANENT, TRANSIENT, classify, error_class
 from taskkit.retryqueue import RetryQueue
 from taskkit.scripts import Scripts
 from taskkit.tasks import TaskSpec, spec_of
+from taskkit.tracing import TRACE_KWARG
+from taskkit.tracing import process as traced_process
 
 log = logging.getLogger("taskkit.worker")
 
@@ -91,6 +93,13 @@ class Runtime:
                     idempotency_key=self.keys.idem_token_of_job(self.queue, ctx["job_id"]))
 
     async def run(self, spec: TaskSpec, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # The producer's trace context (taskkit/tracing.py) leaves kwargs here: neither the task nor the retry and
+        # dead-letter records see it; each attempt is one span, a child of the producer's.
+        carrier = kwargs.pop(TRACE_KWARG, None)
+        with traced_process(spec.name, self.queue, ctx, carrier):
+            return await self._run(spec, ctx, args, kwargs)
+
+    async def _run(self, spec: TaskSpec, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # The success path of a first attempt makes no Redis call of its own: that is what keeps a
         # no-op job within a few percent of plain ARQ.
         attempt: int = ctx["job_try"]
