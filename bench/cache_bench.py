@@ -17,8 +17,12 @@ interleaved repeat by repeat and medians are reported.
    event whose POST had already returned.
 4. Batch membership check of 100 users vs 100 single calls.
 5. Origin calls for 1,000 concurrent misses on one key, spread over the two API processes.
+10. (issue 10, bench/cache_scale.py) the hit path vs a raw ASGI app doing one redis-py GET, the near-cache hit vs a
+   raw ASGI constant response (req/s and p99 each), the hit path on a local 3-master cluster (tests/cluster.py) vs
+   the single node, `--workers 2` vs 1, and one access line per request counted in the API's log file.
 
 Run:   .venv/bin/python bench/cache_bench.py [--seconds 5] [--repeats 3] [--zipf-seconds 30] [--quick]
+       [--sections hit,batch,zipf,stampede,scale] (default: all)
 Optional: `pip install coredis` into the venv for the coredis baseline (skipped when it is not installed).
 Needs: Redis at HOTPATH_BENCH_REDIS_URL (default redis://127.0.0.1:6379/0), PostgreSQL at HOTPATH_BENCH_PG_DSN
 (default postgresql://postgres@127.0.0.1:5432/test), wrk. Everything it makes is removed at the end: its
@@ -49,6 +53,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cache_scale import section_scale  # noqa: E402
 from bench.load import Run, Server, fmt, free_port, median_run, wait_http, wrk  # noqa: E402
 
 REDIS_URL = os.environ.get("HOTPATH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -282,6 +287,14 @@ if __name__ == "__main__":
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+class LoggedServer(Server):
+    """A Server whose stderr goes to a file (the API's JSON log lines)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, stderr) -> None:
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr,
+                                     start_new_session=True)
 
 
 def clean_env() -> dict[str, str]:
@@ -543,6 +556,7 @@ async def stampede_worker(cfg: dict) -> dict:
 # ----------------------------------------------------------------------------------------------- main
 
 WORKERS = {"zipf-reader": zipf_reader, "zipf-writer": zipf_writer, "stampede": stampede_worker}
+SECTIONS = ("hit", "batch", "zipf", "stampede", "scale")
 
 
 def main() -> None:
@@ -554,6 +568,7 @@ def main() -> None:
     ap.add_argument("--events-per-s", type=float, default=50, help="member events per second during the Zipf phases")
     ap.add_argument("--stampede", type=int, default=1000, help="concurrent misses on one key (default 1000)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, 1 repeat, short Zipf phases")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     for mode in WORKERS:
         ap.add_argument(f"--{mode}-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -570,6 +585,9 @@ def main() -> None:
         args.seconds, args.repeats, args.zipf_seconds = 1, 1, 4
     if not shutil.which("wrk"):
         sys.exit("cache_bench: wrk is not installed (apt-get install -y wrk)")
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"cache_bench: unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     Bench(args).run()
 
 
@@ -585,23 +603,29 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="cache_bench_"))
         self.table = Table()
         self.notes: list[str] = []
+        self.logs: dict[str, Path] = {}  # api name -> its stderr (JSON lines)
+        self.root, self.tenant, self.redis_url = ROOT, TENANT, REDIS_URL
+        self.hotpath = str(Path(sys.executable).with_name("hotpath"))
+        self.load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
         stop = lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())  # noqa: E731
         signal.signal(signal.SIGTERM, stop)
+        wanted = self.args.sections.split(",")
+        sections = {"hit": self.section_hit_path, "batch": self.section_batch, "zipf": self.section_zipf,
+                    "stampede": self.section_stampede, "scale": lambda: section_scale(self, memberships()[0])}
         try:
             self.setup()
-            self.section_hit_path()
-            self.section_batch()
-            self.section_zipf()
-            self.section_stampede()
+            for name in SECTIONS:
+                if name in wanted:
+                    sections[name]()
         finally:
             self.cleanup()
         print()
         print("=" * 100)
-        print(f"cacheman figures (issue 3): uvicorn 1 worker per server, wrk -c{CONNECTIONS} from a separate process, "
+        print(f"cacheman figures (issues 3 and 10; load average at the start {self.load}): uvicorn 1 worker per server, wrk -c{CONNECTIONS} from a separate process, "
               f"{self.args.seconds:.0f}s x {self.args.repeats} interleaved (median); code at {self.rev}")
         print(self.table.render())
         for n in self.notes:
@@ -629,11 +653,14 @@ class Bench:
             "HOTPATH_RATE_LIMIT_PER_S": "1000000", "HOTPATH_RATE_LIMIT_BURST": "10000000",
         }
         self.api = {}
+        self.api_env = api_env
         for name, near, level in (("off", "false", "INFO"), ("near", "true", "INFO"), ("quiet", "false", "WARNING")):
             port = free_port()
             self.api[name] = f"http://127.0.0.1:{port}"
-            self._start([str(Path(sys.executable).with_name("hotpath")), "api", "--port", str(port)],
-                        {**api_env, "HOTPATH_PORT": str(port), "HOTPATH_NEAR_CACHE_ENABLED": near, "HOTPATH_LOG_LEVEL": level})
+            # The access log goes to a file (as it would to a pipe or a journal), not /dev/null: its writes count.
+            self._start([self.hotpath, "api", "--port", str(port)],
+                        {**api_env, "HOTPATH_PORT": str(port), "HOTPATH_NEAR_CACHE_ENABLED": near, "HOTPATH_LOG_LEVEL": level},
+                        log=f"api-{name}.log")
         (self.tmp / "cache_bench_baseline.py").write_text(BASELINE_APP)
         self.get_key = f"{self.prefix}:baseline:get"
         base_env = {**api_env, "BENCH_KEY": self.get_key, "BENCH_DOUBLE_URL": self.double, "PYTHONPATH": str(ROOT)}
@@ -657,9 +684,17 @@ class Bench:
         print(f"  servers: double {self.double}, api {self.api['off']} (near off), {self.api['near']} (near on), "
               f"baseline {self.base}", flush=True)
 
-    def _start(self, argv: list[str], env: dict[str, str]) -> None:
-        s = Server(argv, env=env, cwd=self.tmp)
+    def _start(self, argv: list[str], env: dict[str, str], log: str | None = None) -> None:
+        if log is None:
+            s = Server(argv, env=env, cwd=self.tmp)
+        else:
+            path = self.logs[log.removeprefix("api-").removesuffix(".log")] = self.tmp / log
+            with path.open("wb") as fh:
+                s = LoggedServer(argv, env=env, cwd=self.tmp, stderr=fh)
         self.servers.append(s)
+
+    def get_json(self, url: str) -> dict:
+        return http_json("GET", url, headers=self.auth)
 
     def cleanup(self) -> None:
         for s in reversed(self.servers):

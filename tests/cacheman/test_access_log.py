@@ -186,3 +186,15 @@ def test_two_processes_on_one_pipe_never_interleave_inside_a_line():
     lines = [json.loads(line) for line in data.splitlines()]  # a torn line would not parse
     for k in range(2):
         assert [x["n"] for x in lines if x["proc"] == f"p{k}"] == list(range(3000))
+
+
+async def test_the_start_up_heap_is_frozen_out_of_the_collectors_view(redis_url, key_prefix, sqlite_url):
+    """routes._startup ends with gc.freeze(): full collections during requests then scan only what requests made."""
+    import gc
+
+    settings = ApiSettings(redis_url=redis_url, redis_prefix=key_prefix.rstrip(":"), origin_url=sqlite_url,
+                           jwt_keys={"k": SECRET})
+    app = create_app(settings)
+    gc.unfreeze()
+    async with running(app):
+        assert gc.get_freeze_count() > 10_000  # the modules, the app, its schemas
