@@ -67,9 +67,10 @@ def event_problem(ev: IndexEvent, store: MilvusStore) -> str | None:
 
 
 def _surely_not_sent(exc: BaseException) -> bool:
-    # pymilvus code 2 "Fail connecting to server": the request never left; anything else (a timeout above all)
-    # may still be applied by the server, so its leases are kept until they expire.
-    return isinstance(exc, MilvusPermanent) or (isinstance(exc, MilvusTransient) and exc.code == 2)
+    # pymilvus code 2 "Fail connecting to server", or the store's reopen gate: the request never left; anything
+    # else (a timeout above all) may still be applied by the server, so its leases are kept until they expire.
+    return isinstance(exc, MilvusPermanent) or (
+        isinstance(exc, MilvusTransient) and (exc.code == 2 or getattr(exc, "not_sent", False)))
 
 
 class Indexer:

@@ -24,6 +24,8 @@ MILVUS_SECONDS = Histogram("hotpath_index_milvus_seconds", "Time of one Milvus c
                            buckets=_LATENCY_BUCKETS)
 MILVUS_ERRORS = Counter("hotpath_index_milvus_errors_total", "Failed Milvus calls by class (transient, overloaded, "
                         "permanent) and operation.", ["kind", "op"])
+MILVUS_REOPENS = Counter("hotpath_index_milvus_reopens_total", "Lone probes that reopened the collection after the "
+                         "connection to Milvus was lost (store.py's reopen gate).")
 BATCH_EVENTS = Histogram("hotpath_index_batch_events", "Events per batch applied by the indexer.",
                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000))
 

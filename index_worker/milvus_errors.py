@@ -128,10 +128,12 @@ def classify(exc: BaseException) -> Verdict:
 class MilvusTransient(TransientError):
     """Milvus failed in a way that may pass (unavailable, not ready, not loaded, timeout): retry with backoff."""
 
-    def __init__(self, message: str, *, code: int | str | None = None, not_loaded: bool = False) -> None:
+    def __init__(self, message: str, *, code: int | str | None = None, not_loaded: bool = False,
+                 not_sent: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.not_loaded = not_loaded
+        self.not_sent = not_sent  # the request surely never reached Milvus (store.py's reopen gate stopped it)
 
 
 class MilvusOverloaded(RateLimited):

@@ -3,6 +3,8 @@
 Why the sync MilvusClient in threads: AsyncMilvusClient.create_collection with index params raises a raw gRPC
 UNIMPLEMENTED on Milvus Lite (pymilvus #3711); the sync client works on Lite and on Milvus standalone alike.
 Every call carries `timeout=` (a hung server blocks forever otherwise) and runs on the store's own threads.
+After a failed call, or a silence longer than a restart takes, the next call waits for a lone probe
+(describe_collection): Milvus Lite loses writes to a collection opened by concurrent first requests (reopen.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from opentelemetry import trace
 
 from index_worker import metrics
 from index_worker.embed import vector_problem
-from index_worker.milvus_errors import MilvusPermanent, MilvusTransient, classify, to_task_error
+from index_worker.milvus_errors import Kind, MilvusPermanent, MilvusTransient, classify, to_task_error
+from index_worker.reopen import ReopenGate
 
 ID_MAX_BYTES = 128  # tenant, room, message and sender ids
 PK_MAX_BYTES = 2 * ID_MAX_BYTES + 1
@@ -232,6 +235,7 @@ class MilvusStore:
         self._executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="milvus")
         self._client: Any = None
         self._client_lock = asyncio.Lock()
+        self._gate = ReopenGate()
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
@@ -240,9 +244,10 @@ class MilvusStore:
 
         return MilvusClient(uri=self.uri, token=self.token or "", timeout=self.timeout_s)
 
-    async def _call(self, method: str, *args: Any, reload: bool = True, **kwargs: Any) -> Any:
+    async def _call(self, method: str, *args: Any, reload: bool = True, gate: bool = True, **kwargs: Any) -> Any:
         """Run a client call in the store's threads with `timeout=`; map failures to taskkit errors. On
-        "collection not loaded" (a restarted server) load it and try once more."""
+        "collection not loaded" (a restarted server) load it and try once more. After a connection loss the
+        call waits for the reopen gate (`gate=False`: the probe itself)."""
         loop = asyncio.get_running_loop()
         if self._client is None:
             async with self._client_lock:
@@ -251,6 +256,10 @@ class MilvusStore:
                         self._client = await self._wait(loop.run_in_executor(self._executor, self._connect))
                     except Exception as exc:
                         raise to_task_error(exc, f"connect to {self.uri}") from exc
+                    self._gate.answered()
+        if gate and self._gate.needed():
+            await self._gate.wait(method, lambda: self._call("describe_collection", self.collection, reload=False,
+                                                             gate=False))
         call = _traced(functools.partial(getattr(self._client, method), *args, timeout=self.timeout_s, **kwargs),
                        method, self.collection)
         started = time.perf_counter()
@@ -259,11 +268,14 @@ class MilvusStore:
         except Exception as exc:
             verdict = classify(exc)
             metrics.MILVUS_ERRORS.labels("not_loaded" if verdict.not_loaded else verdict.kind.value, method).inc()
+            if verdict.kind is Kind.TRANSIENT and not verdict.not_loaded:
+                self._gate.lost()  # unavailable, timed out, cut: the server may be another process when it answers
             if verdict.not_loaded and reload:
                 await self._call("load_collection", self.collection, reload=False)
                 return await self._call(method, *args, reload=False, **kwargs)
             raise to_task_error(exc, method) from exc
         finally:
+            self._gate.answered()
             metrics.MILVUS_SECONDS.labels(method).observe(time.perf_counter() - started)
 
     @property
