@@ -178,12 +178,32 @@ class Stack:
         self.milvus.close()
         if self._valkey is not None:
             self._valkey.__exit__(None, None, None)
+        if exc[0] is None:  # after a failure the worker logs stay, for reading
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            print(f"worker logs kept in {self.workdir}", file=sys.stderr)
 
 
 def store_of(stack: Stack, w: Worker):
     from index_worker.store import MilvusStore
 
     return MilvusStore(stack.milvus.uri, collection=w.collection, dim=w.dim, timeout_s=30)
+
+
+async def retrying(call, *args, **kwargs):
+    """A store call of the bench's own, tried again on a transient failure (Milvus Lite answers a channel that sat
+    idle between runs with GOAWAY "too many pings", and pymilvus's reconnect then fails once or twice)."""
+    from index_worker.milvus_errors import MilvusTransient
+
+    for attempt in range(10):
+        try:
+            return await call(*args, **kwargs)
+        except MilvusTransient:
+            if attempt == 9:
+                raise
+            await asyncio.sleep(1 + attempt)
 
 
 async def enqueue(stack: Stack, w: Worker, tenant: str, evs: list[dict]) -> None:
@@ -204,6 +224,7 @@ async def end_to_end(stack: Stack, w: Worker, msgs: list[str], *, poll_s: float,
 
     store = store_of(stack, w)
     tenant = f"t{uuid.uuid4().hex[:8]}"
+    await retrying(store.get, [message_pk(tenant, "warm-up")])  # connected before the clock starts
     before = await w.metrics()
     cpu0 = cpu_s(w.proc.pid), cpu_s(stack.milvus.proc.pid), time.process_time()
     t0 = time.perf_counter()
@@ -227,13 +248,13 @@ async def end_to_end(stack: Stack, w: Worker, msgs: list[str], *, poll_s: float,
     after = await w.metrics()
     stored = 0
     for i in range(0, len(msgs), 1000):
-        stored += len(await store.get([message_pk(tenant, f"m{j}") for j in range(i, min(len(msgs), i + 1000))]))
+        stored += len(await retrying(store.get, [message_pk(tenant, f"m{j}") for j in range(i, min(len(msgs), i + 1000))]))
     assert stored == len(msgs), f"{stored} of {len(msgs)} messages are in Milvus"
     from index_worker.config import EmbedderConfig
 
     kind = "hash" if w.env.get("HOTPATH_EMBEDDER") == "hash" else "minilm"
     emb = EmbedderConfig(kind=kind, dim_setting=w.dim).build()
-    hits = await store.search(tenant, (await emb.embed([msgs[-1]]))[0], limit=5)
+    hits = await retrying(store.search, tenant, (await emb.embed([msgs[-1]]))[0], limit=5)
     assert any(h.message_id == f"m{len(msgs) - 1}" for h in hits), "the last message is not found by a search"
     await store.close()
 
@@ -293,7 +314,7 @@ async def latency(stack: Stack, w: Worker, rate: float, seconds: float, seed: in
         while len(seen) < total:
             waiting = [m for m in sent if m not in seen]
             if waiting:
-                got = await store.get([message_pk(tenant, m) for m in waiting[:2000]])
+                got = await retrying(store.get, [message_pk(tenant, m) for m in waiting[:2000]])
                 now = time.perf_counter()
                 for r in got:
                     seen.setdefault(r["message_id"], now)
@@ -400,7 +421,18 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    asyncio.run(run(args))
+    code = 0
+    try:
+        asyncio.run(run(args))
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    # grpc can deadlock in a channel's __del__ at interpreter exit (seen here): leave without finalizers
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
