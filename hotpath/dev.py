@@ -222,9 +222,10 @@ SERVICES: tuple[Service, ...] = (
     Service("s3", "s3_endpoint", Server(
         "s3", lambda _s, port: [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         "http://127.0.0.1:{port}", 60, "embedded moto S3 server; in memory", env=_moto_env), then=_ensure_buckets),
-    # Milvus: one `milvus-lite server` owns the data dir; every process talks gRPC to it.
+    # Milvus: one `milvus-lite server` owns the data dir; every process talks gRPC to it (through the launcher that
+    # makes its collection open atomic: hotpath/milvus_server.py).
     Service("milvus", "milvus_uri", Server(
-        "milvus", lambda s, port: [_bin("milvus-lite"), "server", "--data-dir", str(s.data_dir / "milvus"),
+        "milvus", lambda s, port: [sys.executable, "-m", "hotpath.milvus_server", "server", "--data-dir", str(s.data_dir / "milvus"),
                                    "--host", "127.0.0.1", "--port", str(port)],
         "http://127.0.0.1:{port}", 90, "milvus-lite server, data in {data}/milvus")),
     # Origin: a SQLite demo database (made in this process, no server).

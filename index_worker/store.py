@@ -202,6 +202,10 @@ def deleted_count(result: object) -> int:
     return int(getattr(result, "delete_count", 0) or 0)
 
 
+READ_ATTEMPTS = 4  # an idempotent read: the first try and three more after a lost connection
+READ_PAUSE_S = 0.25  # pause before the n-th retry: n × this (0.25, 0.5, 0.75 s: gRPC reconnects within ~1 s)
+
+
 class MilvusStore:
     """The messages collection: ensure, upsert, delete, delete a room, search, count, get."""
 
@@ -277,6 +281,20 @@ class MilvusStore:
         finally:
             self._gate.answered()
             metrics.MILVUS_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+    async def _read(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """An idempotent read, sent again (up to READ_ATTEMPTS in all) after a lost connection (code 2): Milvus
+        Lite closes an idle channel with GOAWAY "too_many_pings", and the first calls after that or after a
+        restart fail while gRPC reconnects. Writes are not resent here: their retry is the job's, via the guard."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return await self._call(method, *args, **kwargs)
+            except MilvusTransient as exc:
+                lost = exc.code == 2 or getattr(exc.code, "name", None) == "UNAVAILABLE"  # Milvus's or gRPC's
+                if not lost or attempt == READ_ATTEMPTS:
+                    raise
+                await asyncio.sleep(READ_PAUSE_S * attempt)
+        raise AssertionError("unreachable")
 
     @property
     def max_call_s(self) -> float:
@@ -402,7 +420,7 @@ class MilvusStore:
         expr = f"tenant_id == {quote(tenant_id)}"
         if room_id is not None:
             expr += f" and room_id == {quote(room_id)}"
-        result = await self._call("search", self.collection, [list(vector)], filter=expr, limit=limit,
+        result = await self._read("search", self.collection, [list(vector)], filter=expr, limit=limit,
             output_fields=list(FIELDS), anns_field="vector",
         )
         hits = []
@@ -414,7 +432,7 @@ class MilvusStore:
     async def count(self, tenant_id: str | None = None) -> int:
         """Rows in the collection (of one tenant when given)."""
         expr = f"tenant_id == {quote(tenant_id)}" if tenant_id is not None else 'pk != ""'
-        result = await self._call("query", self.collection, filter=expr, output_fields=["count(*)"]
+        result = await self._read("query", self.collection, filter=expr, output_fields=["count(*)"]
         )
         return int(result[0]["count(*)"]) if result else 0
 
@@ -422,6 +440,6 @@ class MilvusStore:
         """The stored rows of these primary keys (without vectors); missing keys are absent."""
         if not pks:
             return []
-        result = await self._call("get", self.collection, ids=list(pks), output_fields=list(FIELDS)
+        result = await self._read("get", self.collection, ids=list(pks), output_fields=list(FIELDS)
         )
         return [dict(r) for r in result]

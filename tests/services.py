@@ -97,7 +97,7 @@ class MilvusLite(_ServerProcess):
 
     def start(self) -> MilvusLite:
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "milvus-lite"), "server", "--data-dir", self.data_dir, "--host", "127.0.0.1", "--port", str(self.port)],
+            [str(VENV_BIN / "python"), "-m", "hotpath.milvus_server", "server", "--data-dir", self.data_dir, "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

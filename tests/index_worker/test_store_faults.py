@@ -139,3 +139,19 @@ async def test_restart_while_idle_then_concurrent_first_writes_all_land(own_milv
         assert await eventually(lambda: store.count("t")) == 80
     finally:
         await store.close()
+
+
+async def test_reads_right_after_a_restart_answer_without_the_callers_retry(own_milvus):
+    # The first calls after a restart (or after Milvus Lite's GOAWAY on an idle channel) fail with code 2 while
+    # gRPC reconnects; an idempotent read is sent again by the store itself, so a search or a count answers.
+    store = MilvusStore(own_milvus.uri, collection="reads", dim=DIM, timeout_s=3)
+    try:
+        await store.ensure_collection()
+        await store.upsert(rows(5))
+        own_milvus.stop()
+        own_milvus.start()
+        assert await store.count("t") == 5  # no `eventually`: the store's own read retry
+        assert (await store.search("t", rows(1)[0].vector, limit=1))[0].message_id == "m0"
+        assert len(await store.get([message_pk("t", f"m{i}") for i in range(5)])) == 5
+    finally:
+        await store.close()
