@@ -1,8 +1,11 @@
 """Fixtures of the index worker tests: a fresh Milvus collection per test (dropped afterwards) on the session's
-Milvus Lite server, an async Redis client, and a version guard under the test's key prefix."""
+Milvus Lite server, an async Redis client, a version guard under the test's key prefix, and `own_milvus`: a private
+Milvus Lite server for the tests that stop, hang or restart it (never the session's)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 
 import pytest
@@ -11,8 +14,20 @@ import redis.asyncio as aioredis
 from index_worker.embed.hashing import HashEmbedder
 from index_worker.guard import VersionGuard
 from index_worker.store import MilvusStore
+from tests.services import MilvusLite
 
 DIM = 32
+
+
+@pytest.fixture
+def own_milvus():
+    server = MilvusLite().start()
+    try:
+        yield server
+    finally:
+        if server.proc and server.proc.poll() is None:
+            os.kill(server.proc.pid, signal.SIGCONT)  # never leave it stopped
+        server.close()
 
 
 @pytest.fixture

@@ -33,18 +33,6 @@ from tests.index_worker.harness import (
 )
 from tests.index_worker.replay import event_log, shuffled_with_duplicates
 from tests.index_worker.test_pipeline import A, api_settings, token, up
-from tests.services import MilvusLite
-
-
-@pytest.fixture
-def own_milvus():
-    server = MilvusLite().start()
-    try:
-        yield server
-    finally:
-        if server.proc and server.proc.poll() is None:
-            os.kill(server.proc.pid, signal.SIGCONT)  # never leave it stopped
-        server.close()
 
 
 @pytest.fixture

@@ -27,18 +27,8 @@ from tests.index_worker.harness import (
     workers,
 )
 from tests.index_worker.test_pipeline import A, up
-from tests.services import MilvusLite
 
 FILLER = "filler"  # another tenant's rows: a WAL long enough that reopening the collection takes a while
-
-
-@pytest.fixture
-def own_milvus():
-    server = MilvusLite().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -14,20 +14,8 @@ from index_worker.embed.hashing import HashEmbedder
 from index_worker.indexer import Indexer, IndexEvent
 from index_worker.milvus_errors import MilvusTransient
 from index_worker.store import MessageRow, MilvusStore, message_pk
-from tests.services import MilvusLite
 
 DIM = 16
-
-
-@pytest.fixture
-def own_milvus():
-    server = MilvusLite().start()
-    try:
-        yield server
-    finally:
-        if server.proc and server.proc.poll() is None:
-            os.kill(server.proc.pid, signal.SIGCONT)  # never leave it stopped
-        server.close()
 
 
 def load_state(uri: str, collection: str) -> str:
